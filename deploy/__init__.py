@@ -1,0 +1,1 @@
+"""How fedsaga runs: private servers for local runs, and the local stack launcher."""

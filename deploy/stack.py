@@ -1,0 +1,96 @@
+"""The local stack: private mosquitto and Redis, the six services as separate OS processes,
+and optionally a simulated fleet in this process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from deploy.servers import PrivateServers
+from services.runtime.main import SERVICES
+from services.runtime.settings import Settings
+
+
+class ServiceProcess:
+    """One service running as `python -m services.NAME`, logging to a file."""
+
+    def __init__(self, name: str, settings: Settings, workdir: Path) -> None:
+        self.name = name
+        self.settings = settings
+        self.log = workdir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Spawn the process (log appended, so a restart keeps history)."""
+        env = {**os.environ, **self.settings.env()}
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", f"services.{self.name}"],
+                                            stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def serving_count(self) -> int:
+        """How many times the log says the service is subscribed and serving."""
+        return self.log.read_text(errors="replace").count("event='serving'") if self.log.exists() else 0
+
+    def wait_serving(self, times: int = 1, timeout: float = 30.0) -> None:
+        """Block until the service has subscribed (its `times`-th start)."""
+        deadline = time.monotonic() + timeout
+        while self.serving_count() < times:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} not serving after {timeout}s")
+            time.sleep(0.05)
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM (or SIGKILL) and wait."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self, *, kill: bool = True) -> None:
+        """Kill and start again; returns once it serves again."""
+        before = self.serving_count()
+        self.stop(kill=kill)
+        self.start()
+        self.wait_serving(before + 1)
+
+
+class LocalStack:
+    """`with LocalStack() as stack`: servers up, six services serving; all stopped after."""
+
+    def __init__(self, workdir: Path | None = None, **settings: object) -> None:
+        self.servers = PrivateServers(workdir)
+        self.workdir = self.servers.workdir
+        self.settings = Settings.from_env(
+            mqtt_host="127.0.0.1", mqtt_port=self.servers.broker.port,
+            redis_url=self.servers.redis_url, **settings,
+        )
+        self.services = {n: ServiceProcess(n, self.settings, self.workdir) for n in SERVICES}
+
+    def __enter__(self) -> LocalStack:
+        self.servers.__enter__()
+        try:
+            for proc in self.services.values():
+                proc.start()
+            for proc in self.services.values():
+                proc.wait_serving()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.services.values():
+            proc.stop()
+        self.servers.__exit__()

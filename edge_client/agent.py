@@ -1,0 +1,274 @@
+"""The device agent: its own MQTT connection (client id = device id), its data, its model.
+
+The agent never publishes its data in any form: only weight deltas, example counts, training
+loss/accuracy and health metrics leave it. Training runs in a worker thread so the agent keeps
+answering stop/revoke commands while it trains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import aiomqtt
+import numpy as np
+import structlog
+from aiomqtt import ProtocolVersion, Will
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_client.config import DeviceProfile
+from edge_client.store import Held, LocalModelStore
+from edge_client.trainer import evaluate, train_update
+from federated.errors import PayloadError
+from federated.payload import apply_payload, read_payload
+from schemas import topics
+from schemas.codec import decode, encode
+from schemas.device import (
+    DeployCommand,
+    DeviceCommand,
+    DeviceReport,
+    DeviceStatus,
+    DeviceUpdate,
+    ModelPayload,
+    RevokeCommand,
+    RollbackCommand,
+    StopCommand,
+    TrainCommand,
+)
+from schemas.errors import DecodeError
+from schemas.ops import Chaos
+
+log = structlog.get_logger()
+CHAOS_REASONS = ("battery_died", "network_timeout", "device_suspended")
+
+
+class DeviceAgent:
+    """One simulated (or real) device speaking the fedsaga device protocol."""
+
+    def __init__(self, device_id: str, x: np.ndarray, y: np.ndarray, *, host: str, port: int,
+                 profile: DeviceProfile | None = None, seed: int = 0) -> None:
+        self.device_id = device_id
+        self._x, self._y = x, y  # local data: stays in this process
+        self.host, self.port = host, port
+        self.profile = profile or DeviceProfile()
+        self.battery = self.profile.battery
+        self.models = LocalModelStore()
+        self.rng = np.random.default_rng(seed)
+        self.client: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+        self._arrived = asyncio.Condition()
+        self._training: dict[str, asyncio.Task[None]] = {}
+        self.state = "idle"
+
+    # -- wire helpers -----------------------------------------------------------------------
+
+    def status(self, state: str | None = None) -> DeviceStatus:
+        """This device's status message."""
+        current = self.models.current
+        return DeviceStatus(
+            device_id=self.device_id, state=state or self.state, battery=round(self.battery, 4),
+            charging=self.profile.charging, network=self.profile.network,  # type: ignore[arg-type]
+            memory_mb=self.profile.memory_mb, num_examples=len(self._y),
+            model_version=current.version if current else None,
+            model_digest=current.digest if current else None,
+        )
+
+    async def _publish(self, template: str, message: object, *, retain: bool = False) -> None:
+        if self.client is None:
+            return
+        await self.client.publish(topics.device(template, self.device_id),
+                                  encode(message), qos=1, retain=retain)  # type: ignore[arg-type]
+
+    async def publish_status(self) -> None:
+        """Publish (retained) status: the registry and the selector read it."""
+        await self._publish(topics.DEVICE_STATUS, self.status(), retain=True)
+
+    async def report(self, round_id: str, status: str, *, iteration: int = 0,
+                     reason: str | None = None, version: str | None = None,
+                     metrics: dict[str, float] | None = None) -> None:
+        """Publish progress, a failure reason or health metrics."""
+        await self._publish(topics.DEVICE_REPORT, DeviceReport(
+            round_id=round_id, device_id=self.device_id, iteration=iteration,
+            status=status, reason=reason, version=version,  # type: ignore[arg-type]
+            metrics=metrics or {},
+        ))
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Stay connected (reconnecting), handling commands and payloads until cancelled."""
+        will = Will(topics.device(topics.DEVICE_STATUS, self.device_id),
+                    encode(self.status("offline")), qos=1, retain=True)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        try:
+            while True:
+                try:
+                    async with aiomqtt.Client(
+                        self.host, self.port, identifier=self.device_id,
+                        protocol=ProtocolVersion.V5, will=will, clean_start=False,
+                        properties=props, keepalive=10,
+                    ) as client:
+                        self.client = client
+                        await client.subscribe(topics.device(topics.DEVICE_CMD, self.device_id), qos=1)
+                        await client.subscribe(topics.device(topics.DEVICE_MODEL, self.device_id), qos=1)
+                        await self.publish_status()
+                        self.connected.set()
+                        async for message in client.messages:
+                            await self.handle(message.topic.value, message.payload)  # type: ignore[arg-type]
+                except aiomqtt.MqttError:
+                    self.client = None
+                    self.connected.clear()
+                    await asyncio.sleep(0.5)
+        finally:
+            for task in self._training.values():
+                task.cancel()
+
+    async def go_offline(self) -> None:
+        """Leave cleanly, saying so (a crash would leave it to the last will)."""
+        if self.client is not None:
+            await self._publish(topics.DEVICE_STATUS, self.status("offline"), retain=True)
+
+    async def handle(self, topic: str, payload: bytes) -> None:
+        """Dispatch one incoming message; bad input is logged and dropped."""
+        try:
+            if topic.endswith("/model"):
+                await self.on_model(decode(payload, ModelPayload))
+            else:
+                await self.on_command(decode(payload, DeviceCommand))
+        except DecodeError as exc:
+            log.warning("dropped invalid message", device_id=self.device_id, reason=exc.reason)
+
+    async def on_model(self, payload: ModelPayload) -> None:
+        """Rebuild weights from a payload and verify their digest."""
+        if self.models.lookup(payload.digest) is not None:
+            rebuilt = self.models.lookup(payload.digest)
+        else:
+            base = self.models.lookup(payload.base_digest) if payload.base_digest else None
+            if payload.base_digest and base is None:
+                await self.report(payload.round_id, "failed", iteration=payload.iteration,
+                                  reason="model_unavailable")
+                return
+            try:
+                rebuilt = apply_payload(read_payload(payload.blob), base)
+            except PayloadError as exc:
+                log.warning("bad payload", device_id=self.device_id, reason=exc.reason)
+                await self.report(payload.round_id, "failed", iteration=payload.iteration,
+                                  reason="bad_payload")
+                return
+        assert rebuilt is not None
+        held = Held(payload.digest, rebuilt, payload.version)
+        if payload.purpose == "train":
+            self.models.rounds[payload.round_id] = held
+        else:
+            self.models.pending_deploy[payload.digest] = held
+        async with self._arrived:
+            self._arrived.notify_all()
+
+    async def _wait_for(self, digest: str, timeout_s: float) -> Held | None:
+        def find() -> Held | None:
+            for held in (*self.models.rounds.values(), *self.models.pending_deploy.values()):
+                if held.digest == digest:
+                    return held
+            return None
+
+        async with self._arrived:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait_for(lambda: find() is not None),
+                                       timeout=max(timeout_s, 0.0))
+        return find()
+
+    async def on_command(self, cmd: object) -> None:
+        """React to a service's command."""
+        match cmd:
+            case TrainCommand():
+                if cmd.round_id not in self._training or self._training[cmd.round_id].done():
+                    self._training[cmd.round_id] = asyncio.create_task(self.train(cmd))
+            case StopCommand():
+                await self._cancel(cmd.round_id)
+                await self.report(cmd.round_id, "stopped", reason=cmd.reason)
+            case RevokeCommand():
+                await self._cancel(cmd.round_id)
+                self.models.revoke(cmd.round_id)
+                await self.report(cmd.round_id, "revoked", reason=cmd.reason)
+            case DeployCommand():
+                await self.deploy(cmd)
+            case RollbackCommand():
+                if self.models.rollback(cmd.version):
+                    await self.publish_status()
+                await self.report(cmd.round_id, "rolled_back", version=cmd.version)
+
+    async def _cancel(self, round_id: str) -> None:
+        task = self._training.pop(round_id, None)
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.state = "idle"
+
+    # -- work ---------------------------------------------------------------------------------
+
+    def _chaos_failure(self, chaos: Chaos) -> str | None:
+        """A failure to act out: configured rates always, the round's chaos when simulated."""
+        p = self.profile
+        draw = self.rng.random()
+        for reason, rate in p.failures.model_dump().items():
+            if draw < rate:
+                return str(reason)
+            draw -= rate
+        if p.honor_chaos and chaos == Chaos.PARTICIPATION and self.rng.random() < p.chaos_share:
+            return str(self.rng.choice(CHAOS_REASONS))
+        return None
+
+    async def train(self, cmd: TrainCommand) -> None:
+        """One local training iteration from the round's weights; publish the update."""
+        rid, it = cmd.round_id, cmd.iteration
+        if not self.profile.charging and self.battery < self.profile.pause_below:
+            self.state = "paused"
+            await self.publish_status()
+            await self.report(rid, "failed", iteration=it, reason="low_battery")
+            return
+        failure = self._chaos_failure(cmd.chaos)
+        if failure is not None:
+            await self.report(rid, "failed", iteration=it, reason=failure)
+            return
+        held = await self._wait_for(cmd.model_digest, cmd.deadline_ms / 1000 - time.time())
+        if held is None:
+            await self.report(rid, "failed", iteration=it, reason="model_unavailable")
+            return
+        self.state = "training"
+        await self.report(rid, "training", iteration=it)
+        seed = int(self.rng.integers(2**31))
+        corrupt = self.profile.honor_chaos and cmd.chaos == Chaos.VALIDATION
+        blob, stats = await asyncio.to_thread(
+            train_update, held.params, self._x, self._y, epochs=cmd.epochs,
+            batch_size=cmd.batch_size, lr=cmd.learning_rate, seed=seed, corrupt=corrupt,
+        )
+        if not self.profile.charging:
+            self.battery = max(0.0, self.battery - self.profile.drain_per_iteration)
+        self.state = "idle"
+        await self._publish(topics.DEVICE_UPDATE, DeviceUpdate(
+            round_id=rid, iteration=it, device_id=self.device_id, base_digest=held.digest,
+            num_examples=stats.num_examples, train_loss=stats.loss,
+            train_accuracy=stats.accuracy, blob=blob,
+        ))
+
+    async def deploy(self, cmd: DeployCommand) -> None:
+        """Serve the new version, keep the previous one, report health on local data."""
+        held = await self._wait_for(cmd.digest, 5.0)
+        if held is None and (self.models.current is None or self.models.current.digest != cmd.digest):
+            await self.report(cmd.round_id, "deploy_failed", version=cmd.version,
+                              reason="model_unavailable")
+            return
+        before = evaluate(self.models.current.params, self._x, self._y) if self.models.current else 0.0
+        if held is not None:
+            self.models.deploy(Held(held.digest, held.params, cmd.version))
+            self.models.pending_deploy.pop(cmd.digest, None)
+        after = evaluate(self.models.current.params, self._x, self._y)  # type: ignore[union-attr]
+        if self.profile.honor_chaos and cmd.chaos == Chaos.DEPLOYMENT:
+            after *= 0.5  # the simulated regression a canary must catch
+        await self.publish_status()
+        await self.report(cmd.round_id, "deployed", version=cmd.version,
+                          metrics={"accuracy": after, "previous_accuracy": before})

@@ -1,0 +1,107 @@
+"""A round's outcome, read back from Redis: what `round status`, `run()` and the demo show."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from pydantic import BaseModel
+
+from federated.params import flatten
+from schemas.steps import STEP_NAMES
+from services.runtime import keys
+from services.runtime.store import SagaStore
+
+
+class RoundResult(BaseModel):
+    """Everything an operator asks about a round, like the seed's step returns."""
+
+    round_id: str
+    status: str
+    steps_done: list[str]
+    compensations: list[str]
+    failed_step: int | None = None
+    failure_reason: str | None = None
+    versions: dict[str, str | None]
+    participation: dict[str, Any]
+    metrics: dict[str, float]
+    bytes: dict[str, float]
+    timeline: list[dict[str, Any]]
+
+    @property
+    def succeeded(self) -> bool:
+        """Did the round deploy its model?"""
+        return self.status == "succeeded"
+
+
+_STEP_EVENTS = {
+    "nodes.selected": STEP_NAMES[1],
+    "weights.distributed": STEP_NAMES[2],
+    "training.completed": STEP_NAMES[3],
+    "model.aggregated": STEP_NAMES[4],
+    "model.validated": STEP_NAMES[5],
+    "model.deployed": STEP_NAMES[6],
+}
+
+
+async def round_result(store: SagaStore, round_id: str) -> RoundResult:
+    """Assemble a round's result from its hash, its sets and its event log."""
+    state = await store.get_round(round_id)
+    if not state:
+        raise KeyError(f"no round {round_id}")
+    events = await store.events(round_id)
+    steps = list(dict.fromkeys(_STEP_EVENTS[e["kind"]] for e in events if e["kind"] in _STEP_EVENTS))
+    comps = [f"{e['step']}:{e['service']}: {e['detail']}" for e in events
+             if e["kind"] == "step.compensated"]
+    request = json.loads(state.get("request", "{}"))
+    cohort = await store.smembers(keys.cohort(round_id))
+    failures = await store.hgetall(keys.failures(round_id))
+    per_iteration = [
+        len(e["participants"]) for e in events if e["kind"] == "training.completed"
+    ]
+    bytes_ = await _bytes(store, state)
+    model = state.get("model_name", "")
+    return RoundResult(
+        round_id=round_id,
+        status=state.get("status", "unknown"),
+        steps_done=steps,
+        compensations=comps,
+        failed_step=int(state["failed_step"]) if state.get("failed_step") else None,
+        failure_reason=state.get("failure_reason"),
+        versions={
+            "parent": state.get("parent_version") or None,
+            "candidate": state.get("candidate_version") or None,
+            "deployed": state.get("deployed_version") or None,
+            "active": await store.active_version(model) if model else None,
+        },
+        participation={
+            "cohort": len(cohort),
+            "min_nodes": request.get("min_participating_nodes"),
+            "participants_per_iteration": per_iteration,
+            "failure_reasons": dict(Counter(r.split(" (")[0] for r in failures.values())),
+            "failures": failures,
+        },
+        metrics=json.loads(state.get("metrics", "{}")),
+        bytes=bytes_,
+        timeline=[{"kind": e["kind"], "service": e["service"], "ts_ms": e["ts_ms"],
+                   **({"step": e["step"]} if "step" in e else {})} for e in events],
+    )
+
+
+async def _bytes(store: SagaStore, state: dict[str, str]) -> dict[str, float]:
+    """Bytes per device per iteration, each way, beside the float32 model size."""
+    start = state.get("start_digest")
+    params = await store.get_params(start) if start else None
+    f32 = float(flatten(params).size * 4) if params else 0.0
+    down_n, up_n = int(state.get("payloads_down", 0)), int(state.get("payloads_up", 0))
+    down = int(state.get("bytes_down", 0)) / down_n if down_n else 0.0
+    up = int(state.get("bytes_up", 0)) / up_n if up_n else 0.0
+    return {
+        "float32_model": f32,
+        "down_per_device_iteration": round(down, 1),
+        "up_per_device_iteration": round(up, 1),
+        "down_vs_float32": round(down / f32, 4) if f32 else 0.0,
+        "up_vs_float32": round(up / f32, 4) if f32 else 0.0,
+        "deploy_total": float(state.get("bytes_deploy", 0)),
+    }

@@ -1,0 +1,1 @@
+"""The six saga services and the small runtime they share."""

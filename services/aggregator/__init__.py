@@ -1,0 +1,5 @@
+"""The aggregator service (see handlers.py)."""
+
+from services.aggregator.handlers import service
+
+__all__ = ["service"]

@@ -1,0 +1,5 @@
+"""`python -m services.aggregator`."""
+
+from services.runtime import main
+
+main("aggregator")

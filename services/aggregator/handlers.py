@@ -1,0 +1,150 @@
+"""Step 4, the aggregator: FedAvg weighted by example count, computed as updates stream in.
+
+Each accepted update is folded into a running sum kept in Redis (memory O(model), independent
+of the cohort), atomically and once per device. When the coordinator closes an iteration, the
+mean delta moves the global model; after `training_rounds` iterations it is the candidate.
+Compensation discards the aggregate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from redis.exceptions import WatchError
+
+from federated.aggregate import FedAvgAccumulator
+from federated.errors import NumericsError, PayloadError
+from federated.params import add, flatten, spec_of, unflatten
+from federated.payload import PayloadLimits, read_payload
+from schemas import topics
+from schemas.device import DeviceUpdate
+from schemas.events import (
+    IterationCompleted,
+    ModelAggregated,
+    TrainingCompleted,
+    UpdateReceived,
+)
+from schemas.steps import Step
+from services.runtime import Context, Rejected, Route, SagaConflict, Service, StaleRound, keys
+
+_RETRIES = 50
+
+
+async def on_update(update: DeviceUpdate, ctx: Context) -> None:
+    """Validate a device's update and fold it into the iteration's running FedAvg."""
+    ctx.check_device(update.device_id)
+    round_id, it = update.round_id, update.iteration
+    state = await ctx.store.get_round(round_id)
+    if state.get("status") != "running":
+        raise StaleRound(f"round {round_id} is {state.get('status', 'unknown')}")
+    if not await ctx.store.redis.sismember(keys.cohort(round_id), update.device_id):
+        raise Rejected(f"device {update.device_id} was not selected for round {round_id}")
+    if it != int(state.get("iteration", -1)) or f"closed_{it}" in state:
+        raise StaleRound(f"iteration {it} is not open (current {state.get('iteration')})")
+    held = await ctx.store.redis.hget(keys.held(round_id), update.device_id)
+    if held is None or held.decode() != update.base_digest:
+        raise Rejected("update is not against the model this device was sent")
+    global_params = await ctx.store.get_params(state["global_digest"])
+    if global_params is None:
+        raise Rejected("global model missing")
+    try:
+        payload = read_payload(update.blob, limits=PayloadLimits(max_bytes=len(update.blob)))
+    except PayloadError as exc:
+        raise Rejected(f"bad update payload: {exc.reason}") from exc
+    if payload.base_digest != update.base_digest:
+        raise Rejected("payload base digest differs from the update's")
+    if spec_of(payload.delta) != spec_of(global_params):
+        raise Rejected("update shapes do not match the model")
+    try:
+        added = await _accumulate(round_id, it, update.device_id, flatten(payload.delta),
+                                  update.num_examples, ctx)
+    except NumericsError as exc:
+        raise Rejected(f"update rejected: {exc}") from exc
+    if not added:
+        return  # this device's update is already in the sum
+    await ctx.store.incr(round_id, "bytes_up", len(update.blob))
+    await ctx.store.incr(round_id, "payloads_up", 1)
+    await ctx.emit(UpdateReceived(round_id=round_id, iteration=it, device_id=update.device_id,
+                                  num_examples=update.num_examples))
+
+
+async def _accumulate(round_id: str, it: int, device_id: str, delta: np.ndarray, n: int,
+                      ctx: Context) -> bool:
+    """Add one update to the running sum unless it is already there; atomic across instances."""
+    acc_key, contrib_key = keys.accumulator(round_id, it), keys.contributors(round_id, it)
+    redis = ctx.store.redis
+    for _ in range(_RETRIES):
+        async with redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(acc_key, contrib_key)
+                if await pipe.sismember(contrib_key, device_id):
+                    return False
+                raw = await pipe.get(acc_key)
+                acc = FedAvgAccumulator.from_bytes(raw) if raw else FedAvgAccumulator()
+                acc.add(delta, n)
+                pipe.multi()
+                pipe.set(acc_key, acc.to_bytes(), ex=ctx.settings.key_ttl_s)
+                pipe.sadd(contrib_key, device_id)
+                pipe.expire(contrib_key, ctx.settings.key_ttl_s)
+                await pipe.execute()
+                return True
+            except WatchError:
+                continue
+    raise SagaConflict("accumulator kept conflicting")
+
+
+async def on_training_completed(event: TrainingCompleted, ctx: Context) -> None:
+    """Apply the iteration's FedAvg to the global model; emit the next step's event."""
+    round_id, it = event.round_id, event.iteration
+    state = await ctx.store.get_round(round_id)
+    if state.get("status") != "running" or f"aggregated_{it}" in state:
+        return
+    raw = await ctx.store.redis.get(keys.accumulator(round_id, it))
+    if raw is None:
+        raise Rejected(f"iteration {it} has no accumulated updates")
+    acc = FedAvgAccumulator.from_bytes(raw)
+    contributors = set(await ctx.store.smembers(keys.contributors(round_id, it)))
+    if not set(event.participants) <= contributors:
+        raise Rejected("participants missing from the aggregate")
+    current = await ctx.store.get_params(state["global_digest"])
+    if current is None:
+        raise Rejected("global model missing")
+    new_global = add(current, unflatten(acc.mean(), spec_of(current)))
+    new_digest = await ctx.store.put_params(new_global)
+    request = await ctx.store.request_of(round_id)
+    await ctx.store.set_fields(round_id, global_digest=new_digest)
+    if it + 1 < request["training_rounds"]:
+        await ctx.store.set_fields(round_id, step=Step.DISTRIBUTE)
+        await ctx.emit(IterationCompleted(round_id=round_id, iteration=it,
+                                          global_digest=new_digest,
+                                          num_examples=int(acc.total_weight)))
+    else:
+        await ctx.store.set_fields(round_id, step=Step.VALIDATE, candidate_digest=new_digest)
+        await ctx.emit(ModelAggregated(round_id=round_id, iterations=it + 1, digest=new_digest))
+    await ctx.store.mark_once(round_id, f"aggregated_{it}")
+
+
+async def discard(round_id: str, ctx: Context) -> str:
+    """Compensation: drop the running sums and the candidate model."""
+    state = await ctx.store.get_round(round_id)
+    last = int(state.get("iteration", 0))
+    dropped = 0
+    for it in range(last + 1):
+        dropped += await ctx.store.redis.delete(keys.accumulator(round_id, it),
+                                                keys.contributors(round_id, it))
+    candidate = state.get("candidate_digest")
+    if candidate and candidate != state.get("start_digest"):
+        await ctx.store.redis.delete(keys.blob(candidate))
+    await ctx.store.set_fields(round_id, candidate_digest="")
+    return f"discarded aggregate ({dropped} keys, candidate {candidate or 'none'})"
+
+
+service = Service(
+    name="aggregator",
+    step=Step.AGGREGATE,
+    compensate=discard,
+    routes=[
+        Route(topics.ALL_UPDATES, DeviceUpdate, on_update),
+        Route(topics.round_filter(TrainingCompleted.topic_name), TrainingCompleted,
+              on_training_completed),
+    ],
+)

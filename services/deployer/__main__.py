@@ -1,0 +1,5 @@
+"""`python -m services.deployer`."""
+
+from services.runtime import main
+
+main("deployer")

@@ -1,0 +1,161 @@
+"""Step 6, the deployer: canary rollout to 10% -> 50% -> 100% of the fleet, with a health gate.
+
+Each stage sends the new version (a delta against what each device runs) and a deploy command
+to the stage's new devices, which keep their previous version and report health on their own
+data. A stage passes when at most `MAX_UNHEALTHY` of its devices report a regression beyond
+the tolerance, failed, or stayed silent past the stage timeout; the last stage makes the version
+active. A redelivered event starts no stage twice. Compensation rolls the devices back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from schemas import topics
+from schemas.base import now_ms
+from schemas.device import DeployCommand, DeviceReport, RollbackCommand
+from schemas.events import ModelDeployed, ModelValidated, RoundCompleted
+from schemas.steps import Step
+from services.runtime import Context, Rejected, Route, Service, keys
+from services.runtime.weights import device_bases, send_weights
+
+MAX_UNHEALTHY = 0.2
+
+
+def stage_sizes(fleet: int, percents: tuple[int, ...]) -> list[int]:
+    """Cumulative device counts per stage (at least one device in the first stage)."""
+    return [max(1, math.ceil(fleet * p / 100)) if fleet else 0 for p in percents]
+
+
+async def on_model_validated(event: ModelValidated, ctx: Context) -> None:
+    """Fix the fleet order for this rollout and start the first canary stage."""
+    state = await ctx.store.get_round(event.round_id)
+    if state.get("status") != "running":
+        return
+    if "deploy_fleet" not in state:
+        online = sorted(d.device_id for d in await ctx.store.devices() if d.state != "offline")
+        seed = (await ctx.store.request_of(event.round_id))["seed"]
+        fleet = [online[i] for i in np.random.default_rng(seed).permutation(len(online))]
+        await ctx.store.hsetnx(keys.round_hash(event.round_id), "deploy_fleet",
+                               json.dumps(fleet))
+    await start_stage(event.round_id, 1, ctx)
+
+
+async def start_stage(round_id: str, stage: int, ctx: Context) -> None:
+    """Deploy to the devices that stage `stage` adds (once)."""
+    if not await ctx.store.mark_once(round_id, f"stage_{stage}"):
+        return
+    state = await ctx.store.get_round(round_id)
+    fleet = json.loads(state["deploy_fleet"])
+    sizes = stage_sizes(len(fleet), ctx.settings.canary_stages)
+    new = fleet[(sizes[stage - 2] if stage > 1 else 0):sizes[stage - 1]]
+    version, digest = state["candidate_version"], state["candidate_digest"]
+    target = await ctx.store.get_params(digest)
+    if target is None:
+        raise Rejected(f"candidate {digest} is missing")
+    await ctx.store.hset(keys.deployment(round_id), {d: f"pending:{stage}" for d in new})
+    await ctx.store.set_fields(round_id, deploy_stage=stage)
+    await ctx.schedule(round_id, f"stage:{stage}", now_ms() + ctx.settings.canary_timeout_ms)
+    chaos = (await ctx.store.request_of(round_id))["simulate_failure"]
+    sent = await send_weights(ctx, round_id=round_id, target=target,
+                              bases=await device_bases(ctx, new), purpose="deploy",
+                              version=version)
+    await ctx.store.incr(round_id, "bytes_deploy", sum(n for _, n in sent.values()))
+    for device_id, (rebuilt, _) in sent.items():
+        await ctx.publish(topics.device(topics.DEVICE_CMD, device_id),
+                          DeployCommand(round_id=round_id, version=version, digest=rebuilt,
+                                        stage=ctx.settings.canary_stages[stage - 1],
+                                        chaos=chaos))
+    ctx.log.info("canary stage started", stage=stage, devices=len(new), fleet=len(fleet))
+    await check_stage(round_id, stage, ctx)
+
+
+async def on_report(report: DeviceReport, ctx: Context) -> None:
+    """A canary device reports the deployed version's health (or that it failed)."""
+    ctx.check_device(report.device_id)
+    if report.status not in ("deployed", "deploy_failed"):
+        return
+    key = keys.deployment(report.round_id)
+    current = (await ctx.store.hgetall(key)).get(report.device_id, "")
+    if not current.startswith("pending:"):
+        return
+    stage = int(current.split(":")[1])
+    if report.status == "deploy_failed":
+        outcome = "failed"
+    else:
+        acc = report.metrics.get("accuracy", 0.0)
+        prev = report.metrics.get("previous_accuracy", 0.0)
+        outcome = "ok" if acc >= prev - ctx.settings.canary_tolerance else "bad"
+    if await ctx.store.hcas(key, report.device_id, current, f"{outcome}:{stage}"):
+        await check_stage(report.round_id, stage, ctx)
+
+
+async def on_timer(round_id: str, tag: str, ctx: Context) -> None:
+    """A stage timed out: judge it on what was reported."""
+    await check_stage(round_id, int(tag.split(":")[1]), ctx, timed_out=True)
+
+
+async def check_stage(round_id: str, stage: int, ctx: Context, *, timed_out: bool = False) -> None:
+    """Pass or fail a stage once every device reported (or it timed out)."""
+    states = [s.split(":")[0] for s in (await ctx.store.hgetall(keys.deployment(round_id)))
+              .values() if s.endswith(f":{stage}")]
+    if "pending" in states and not timed_out:
+        return
+    if not await ctx.store.mark_once(round_id, f"judged_{stage}"):
+        return
+    await ctx.store.cancel(ctx.service, round_id, f"stage:{stage}")
+    unhealthy = sum(s != "ok" for s in states)
+    if states and unhealthy / len(states) > MAX_UNHEALTHY:
+        pct = ctx.settings.canary_stages[stage - 1]
+        await ctx.fail(round_id, Step.DEPLOY,
+                       f"canary stage {stage} ({pct}%): {unhealthy}/{len(states)} devices "
+                       f"unhealthy ({', '.join(sorted(set(states) - {'ok'}))})")
+        return
+    if stage < len(ctx.settings.canary_stages):
+        await start_stage(round_id, stage + 1, ctx)
+        return
+    await finish(round_id, ctx)
+
+
+async def finish(round_id: str, ctx: Context) -> None:
+    """Every stage passed: the version becomes active and the round succeeds."""
+    state = await ctx.store.get_round(round_id)
+    model, version = state["model_name"], state["candidate_version"]
+    if not await ctx.store.transition(round_id, {"status": "running"},
+                                      {"status": "succeeded", "deployed_version": version}):
+        return
+    await ctx.store.set_active_version(model, version)
+    await ctx.store.update_version(model, version, status="deployed")
+    devices = len(await ctx.store.hgetall(keys.deployment(round_id)))
+    await ctx.emit(ModelDeployed(round_id=round_id, version=version,
+                                 stages=list(ctx.settings.canary_stages), devices=devices))
+    await ctx.emit(RoundCompleted(round_id=round_id, outcome="succeeded", version=version))
+
+
+async def rollback(round_id: str, ctx: Context) -> str:
+    """Compensation: every device that got the version returns to its previous one."""
+    state = await ctx.store.get_round(round_id)
+    version = state.get("candidate_version", "")
+    deployed = await ctx.store.hgetall(keys.deployment(round_id))
+    for device_id in deployed:
+        await ctx.publish(topics.device(topics.DEVICE_CMD, device_id),
+                          RollbackCommand(round_id=round_id, version=version))
+    if version:
+        await ctx.store.update_version(state["model_name"], version, status="rolled_back")
+    return f"rolled back {version or 'nothing'} on {len(deployed)} devices"
+
+
+service = Service(
+    name="deployer",
+    step=Step.DEPLOY,
+    compensate=rollback,
+    timers=on_timer,
+    routes=[
+        Route(topics.round_filter(ModelValidated.topic_name), ModelValidated,
+              on_model_validated),
+        Route(topics.ALL_REPORTS, DeviceReport, on_report),
+    ],
+)

@@ -1,0 +1,5 @@
+"""`python -m services.distributor`."""
+
+from services.runtime import main
+
+main("distributor")

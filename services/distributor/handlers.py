@@ -1,0 +1,94 @@
+"""Step 2, the distributor: sends each active cohort device the global model for an iteration.
+
+Payloads are int8, zstd-compressed deltas against what the device holds (full model when it
+holds nothing we know). Compensation tells every cohort device to delete the round's weights.
+"""
+
+from __future__ import annotations
+
+from federated.model import init_mlp
+from schemas import topics
+from schemas.device import RevokeCommand
+from schemas.events import IterationCompleted, NodesSelected, WeightsDistributed
+from schemas.ops import RoundRequested
+from schemas.steps import Step
+from services.runtime import Context, Rejected, Route, Service, StaleRound, keys
+from services.runtime.weights import device_bases, rng_for, send_weights
+
+
+async def _starting_model(request: RoundRequested, ctx: Context) -> tuple[str, str | None]:
+    """Digest and version of the model the round starts from, creating one if none exists."""
+    ver = request.model_version or await ctx.store.active_version(request.model_name)
+    if ver is not None:
+        record = await ctx.store.get_version(request.model_name, ver)
+        if not record:
+            raise Rejected(f"model {request.model_name} has no version {ver}")
+        return record["digest"], ver
+    params = init_mlp(request.layer_sizes, rng_for(request.model_name, request.seed, "init"))
+    return await ctx.store.put_params(params, persist=True), None
+
+
+async def on_nodes_selected(event: NodesSelected, ctx: Context) -> None:
+    """Iteration 0: resolve the starting model and send it to the cohort."""
+    start_digest, parent = await _starting_model(event.request, ctx)
+    await ctx.store.set_fields(
+        event.round_id, start_digest=start_digest, global_digest=start_digest,
+        parent_version=parent or "",
+    )
+    await distribute(event.round_id, 0, ctx)
+
+
+async def on_iteration_completed(event: IterationCompleted, ctx: Context) -> None:
+    """Iteration i finished: send the new global model for iteration i + 1."""
+    await distribute(event.round_id, event.iteration + 1, ctx)
+
+
+async def distribute(round_id: str, iteration: int, ctx: Context) -> None:
+    """Send the round's current global model to every active device (idempotent)."""
+    state = await ctx.store.get_round(round_id)
+    if state.get("status") != "running":
+        raise StaleRound(f"round {round_id} is {state.get('status', 'unknown')}")
+    if f"distributed_{iteration}" in state:
+        return
+    global_digest = state["global_digest"]
+    target = await ctx.store.get_params(global_digest)
+    if target is None:
+        raise Rejected(f"global model {global_digest} is missing")
+    active = await ctx.store.smembers(keys.active(round_id))
+    if iteration == 0:
+        bases = await device_bases(ctx, active)
+    else:
+        held = await ctx.store.hgetall(keys.held(round_id))
+        bases = {d: held.get(d) for d in active}
+    sent = await send_weights(ctx, round_id=round_id, target=target, bases=bases,
+                              purpose="train", iteration=iteration)
+    await ctx.store.hset(keys.held(round_id), {d: dg for d, (dg, _) in sent.items()})
+    total = sum(n for _, n in sent.values())
+    await ctx.store.incr(round_id, "bytes_down", total)
+    await ctx.store.incr(round_id, "payloads_down", len(sent))
+    await ctx.store.set_fields(round_id, step=Step.TRAIN, iteration=iteration)
+    await ctx.emit(WeightsDistributed(round_id=round_id, iteration=iteration,
+                                      global_digest=global_digest, recipients=sorted(sent),
+                                      bytes_sent=total))
+    await ctx.store.mark_once(round_id, f"distributed_{iteration}")
+
+
+async def revoke(round_id: str, ctx: Context) -> str:
+    """Compensation: every cohort device deletes the weights it got for this round."""
+    cohort = await ctx.store.smembers(keys.cohort(round_id))
+    for device_id in cohort:
+        await ctx.publish(topics.device(topics.DEVICE_CMD, device_id),
+                          RevokeCommand(round_id=round_id, reason="round failed"))
+    return f"revoked weights on {len(cohort)} devices"
+
+
+service = Service(
+    name="distributor",
+    step=Step.DISTRIBUTE,
+    compensate=revoke,
+    routes=[
+        Route(topics.round_filter(NodesSelected.topic_name), NodesSelected, on_nodes_selected),
+        Route(topics.round_filter(IterationCompleted.topic_name), IterationCompleted,
+              on_iteration_completed),
+    ],
+)

@@ -1,0 +1,237 @@
+"""The shared service runtime: subscribe, route, decode, dedupe, call, report, reconnect.
+
+A service is a name, a table of routes, optional timers and, for saga steps, a compensation.
+The runtime owns the policy once: invalid input and `Rejected` go to `fl/errors/{service}`,
+anything else is logged with its traceback and reported, and the loop keeps consuming.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+import structlog
+from aiomqtt import ProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import BaseModel
+
+from schemas import topics
+from schemas.base import now_ms
+from schemas.codec import decode_any, encode
+from schemas.errors import DecodeError
+from schemas.events import ErrorReport, Event, RoundFailed, StepCompensated
+from services.runtime.errors import Rejected, RetryLater
+from services.runtime.settings import Settings
+from services.runtime.store import SagaStore
+
+log = structlog.get_logger()
+
+Handler = Callable[[Any, "Context"], Awaitable[None]]
+TimerHandler = Callable[[str, str, "Context"], Awaitable[None]]
+Compensation = Callable[[str, "Context"], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """Messages on `topic` (a filter) decode as `model` and go to `handler`."""
+
+    topic: str
+    model: Any
+    handler: Handler
+
+
+@dataclass
+class Context:
+    """What a handler may touch: the store, settings and publishing, never the raw client."""
+
+    service: str
+    settings: Settings
+    store: SagaStore
+    client: aiomqtt.Client | None = None
+    topic: str = ""  # topic of the message being handled
+    _log: Any = field(default_factory=lambda: log)
+
+    @property
+    def log(self) -> Any:
+        """The structured logger, with the handler's context bound."""
+        return self._log
+
+    async def publish(self, topic: str, message: BaseModel, *, retain: bool = False) -> None:
+        """Publish a message at QoS 1."""
+        if self.client is None:
+            raise RuntimeError("not connected")
+        await self.client.publish(topic, encode(message), qos=1, retain=retain)
+
+    async def emit(self, event: Event) -> None:
+        """Append a saga event to its round's log, then publish it."""
+        if isinstance(event, StepCompensated):
+            topic = topics.compensated(event.round_id, event.step)
+        else:
+            topic = topics.round_event(event.round_id, event.topic_name)
+        await self.store.append_event(event.round_id, self.service, event)
+        await self.publish(topic, event)
+        self.log.info("emitted", kind=event.kind, round_id=event.round_id)
+
+    async def fail(self, round_id: str, step: int, reason: str) -> None:
+        """Fail the round at `step` (once); compensations of step..1 follow."""
+        if await self.store.transition(
+            round_id, {"status": "running"},
+            {"status": "compensating", "failed_step": step, "failure_reason": reason},
+        ):
+            await self.emit(RoundFailed(round_id=round_id, step=step, reason=reason))
+
+    async def reject(self, topic: str, reason: str, round_id: str | None = None) -> None:
+        """Report rejected input on `fl/errors/{service}`."""
+        self.log.warning("rejected", topic=topic, reason=reason, round_id=round_id)
+        report = ErrorReport(service=self.service, topic=topic, reason=reason, round_id=round_id)
+        await self.publish(topics.errors(self.service), report)
+
+    def check_device(self, device_id: str) -> None:
+        """Reject a device message whose device id differs from its topic's."""
+        if topics.device_of(self.topic) != device_id:
+            raise Rejected(f"device_id {device_id} does not match topic {self.topic}")
+
+    async def schedule(self, round_id: str, tag: str, at_ms: int) -> None:
+        """Run this service's timer `tag` for the round at `at_ms` (survives restarts)."""
+        await self.store.schedule(self.service, round_id, tag, at_ms)
+
+
+@dataclass
+class Service:
+    """One saga service: routes, timers and (for a step) its compensation."""
+
+    name: str
+    routes: list[Route]
+    step: int | None = None
+    compensate: Compensation | None = None
+    timers: TimerHandler | None = None
+    on_start: Callable[[Context], Awaitable[None]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.step is not None and self.compensate is not None:
+            self.routes = [
+                *self.routes,
+                Route(topics.round_filter(RoundFailed.topic_name), RoundFailed, self._on_failed),
+            ]
+            if self.step < 6:  # noqa: PLR2004
+                self.routes.append(
+                    Route(topics.compensated_filter(self.step + 1), StepCompensated,
+                          self._on_compensated)
+                )
+
+    async def _on_failed(self, event: RoundFailed, ctx: Context) -> None:
+        if event.step == self.step:
+            await self._run_compensation(event.round_id, ctx)
+
+    async def _on_compensated(self, event: StepCompensated, ctx: Context) -> None:
+        await self._run_compensation(event.round_id, ctx)
+
+    async def _run_compensation(self, round_id: str, ctx: Context) -> None:
+        assert self.compensate is not None and self.step is not None
+        state = await ctx.store.get_round(round_id)
+        if f"compensated_{self.step}" in state:
+            return  # a redelivery: this step's compensation already ran
+        detail = await self.compensate(round_id, ctx)
+        await ctx.emit(StepCompensated(round_id=round_id, step=self.step, service=self.name,
+                                       detail=detail))
+        await ctx.store.mark_once(round_id, f"compensated_{self.step}")
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _subscriptions(self, settings: Settings) -> list[str]:
+        filters = dict.fromkeys(r.topic for r in self.routes)
+        if settings.shared:
+            return [f"$share/{self.name}/{f}" for f in filters]
+        return list(filters)
+
+    async def dispatch(self, message: aiomqtt.Message, ctx: Context) -> None:
+        """Route one message to its handler under the runtime's error policy."""
+        topic = message.topic.value
+        route = next((r for r in self.routes if message.topic.matches(r.topic)), None)
+        if route is None:
+            return
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        try:
+            obj = decode_any(payload, route.model)
+        except DecodeError as exc:
+            await ctx.reject(topic, f"invalid payload: {exc.reason}")
+            return
+        msg_id = getattr(obj, "msg_id", None)
+        round_id = getattr(obj, "round_id", None)
+        if msg_id and await ctx.store.seen(self.name, msg_id):
+            log.debug("duplicate", topic=topic, msg_id=msg_id)
+            return
+        ctx.topic = topic
+        with structlog.contextvars.bound_contextvars(round_id=round_id, topic=topic):
+            try:
+                await route.handler(obj, ctx)
+            except Rejected as exc:
+                await ctx.reject(topic, exc.reason, round_id)
+            except RetryLater as exc:
+                log.info("retry later", defer_ms=exc.defer_ms)
+                await asyncio.sleep(exc.defer_ms / 1000)
+                await ctx.publish(topic, obj)  # re-enqueue behind what is waiting
+                return
+            except Exception as exc:
+                log.exception("handler failed")
+                await ctx.reject(topic, f"internal error: {type(exc).__name__}: {exc}", round_id)
+        if msg_id:
+            await ctx.store.mark_seen(self.name, msg_id)
+
+    async def _timer_loop(self, ctx: Context) -> None:
+        assert self.timers is not None
+        while True:
+            for round_id, tag in await ctx.store.claim_due(self.name, now_ms()):
+                with structlog.contextvars.bound_contextvars(round_id=round_id, timer=tag):
+                    try:
+                        await self.timers(round_id, tag, ctx)
+                    except Exception:
+                        log.exception("timer failed")
+            await asyncio.sleep(ctx.settings.timer_poll_ms / 1000)
+
+    async def run(self, settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+        """Serve forever, reconnecting to the broker whenever the connection drops."""
+        store = SagaStore.from_url(settings.redis_url, ttl_s=settings.key_ttl_s)
+        ctx = Context(service=self.name, settings=settings, store=store)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = settings.session_expiry_s
+        backoff = 0.2
+        try:
+            while True:
+                try:
+                    async with aiomqtt.Client(
+                        settings.mqtt_host,
+                        settings.mqtt_port,
+                        identifier=f"fedsaga-{self.name}-{settings.instance}",
+                        protocol=ProtocolVersion.V5,
+                        clean_start=False,  # keep the broker session across restarts
+                        properties=props,
+                        keepalive=15,
+                    ) as client:
+                        ctx.client = client
+                        for sub in self._subscriptions(settings):
+                            await client.subscribe(sub, qos=1)
+                        if self.on_start is not None:
+                            await self.on_start(ctx)
+                        log.info("serving", subscriptions=len(self.routes))
+                        if ready is not None:
+                            ready.set()
+                        backoff = 0.2
+                        async with contextlib.AsyncExitStack() as stack:
+                            if self.timers is not None:
+                                task = asyncio.create_task(self._timer_loop(ctx))
+                                stack.callback(task.cancel)
+                            async for message in client.messages:
+                                await self.dispatch(message, ctx)
+                except aiomqtt.MqttError as exc:
+                    ctx.client = None
+                    log.warning("broker connection lost", error=str(exc), retry_in=backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+        finally:
+            await store.aclose()

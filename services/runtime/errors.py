@@ -1,0 +1,36 @@
+"""Errors a handler raises; the runtime owns the policy for each.
+
+    FlError
+     ├── Rejected(reason)        input refused: reported on fl/errors/{service}, state untouched
+     │    └── StaleRound         the event belongs to a round or iteration that has moved on
+     ├── SagaConflict            a concurrent writer won an optimistic transition; retried
+     └── RetryLater(defer_ms)    not yet possible; the runtime re-schedules the event
+"""
+
+
+class FlError(Exception):
+    """Base of the service errors."""
+
+
+class Rejected(FlError):
+    """Input the service refuses; the reason goes to `fl/errors/{service}`."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class StaleRound(Rejected):
+    """An event for a round or iteration that is no longer current."""
+
+
+class SagaConflict(FlError):
+    """An optimistic Redis transition lost to a concurrent writer too many times."""
+
+
+class RetryLater(FlError):
+    """The handler cannot act yet; try the same event again after `defer_ms`."""
+
+    def __init__(self, defer_ms: int, reason: str = "") -> None:
+        self.defer_ms = defer_ms
+        super().__init__(reason or f"retry in {defer_ms} ms")

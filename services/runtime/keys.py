@@ -1,0 +1,102 @@
+"""Every Redis key fedsaga writes, in one place (as arq's constants module).
+
+All keys of one round carry the `{round_id}` hash tag so multi-key transitions work on
+Redis Cluster.
+"""
+
+PREFIX = "fedsaga"
+
+
+def round_hash(round_id: str) -> str:
+    """Hash: status, step, iteration, request, digests, versions, counters."""
+    return f"{PREFIX}:round:{{{round_id}}}"
+
+
+def round_events(round_id: str) -> str:
+    """Stream: the round's audit log, one entry per saga event."""
+    return f"{PREFIX}:round:{{{round_id}}}:events"
+
+
+def cohort(round_id: str) -> str:
+    """Set: devices leased for the round."""
+    return f"{PREFIX}:round:{{{round_id}}}:cohort"
+
+
+def active(round_id: str) -> str:
+    """Set: cohort devices that have not failed (they get the next iteration)."""
+    return f"{PREFIX}:round:{{{round_id}}}:active"
+
+
+def failures(round_id: str) -> str:
+    """Hash: device -> failure reason, over the whole round."""
+    return f"{PREFIX}:round:{{{round_id}}}:failures"
+
+
+def held(round_id: str) -> str:
+    """Hash: device -> digest of the model it holds for this round."""
+    return f"{PREFIX}:round:{{{round_id}}}:held"
+
+
+def iteration(round_id: str, it: int) -> str:
+    """Hash: device -> training state for one iteration."""
+    return f"{PREFIX}:round:{{{round_id}}}:it:{it}"
+
+
+def accumulator(round_id: str, it: int) -> str:
+    """String: the running FedAvg sum for one iteration."""
+    return f"{PREFIX}:round:{{{round_id}}}:it:{it}:acc"
+
+
+def contributors(round_id: str, it: int) -> str:
+    """Set: devices whose update is in the iteration's accumulator."""
+    return f"{PREFIX}:round:{{{round_id}}}:it:{it}:contrib"
+
+
+def deployment(round_id: str) -> str:
+    """Hash: device -> canary state."""
+    return f"{PREFIX}:round:{{{round_id}}}:deploy"
+
+
+def rounds() -> str:
+    """Sorted set: every round id by creation time."""
+    return f"{PREFIX}:rounds"
+
+
+def lease(device_id: str) -> str:
+    """String with TTL: the round a device is leased to."""
+    return f"{PREFIX}:lease:{device_id}"
+
+
+def devices() -> str:
+    """Hash: device id -> its last status (msgpack)."""
+    return f"{PREFIX}:devices"
+
+
+def blob(digest: str) -> str:
+    """String: model weights by content digest."""
+    return f"{PREFIX}:blob:{digest}"
+
+
+def versions(model: str) -> str:
+    """Sorted set: a model's registered versions by creation time."""
+    return f"{PREFIX}:model:{model}:versions"
+
+
+def version(model: str, ver: str) -> str:
+    """Hash: one version's lineage, metrics, digest and status."""
+    return f"{PREFIX}:model:{model}:v:{ver}"
+
+
+def active_version(model: str) -> str:
+    """String: the version currently deployed to the fleet."""
+    return f"{PREFIX}:model:{model}:active"
+
+
+def seen(service: str, msg_id: str) -> str:
+    """String with TTL: a message this service has handled (at-least-once dedupe)."""
+    return f"{PREFIX}:seen:{service}:{msg_id}"
+
+
+def timers(service: str) -> str:
+    """Sorted set: `round_id|tag` due at score (ms)."""
+    return f"{PREFIX}:timers:{service}"

@@ -1,0 +1,50 @@
+"""Service settings, read from FEDSAGA_* environment variables."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Settings(BaseModel):
+    """Where the broker and Redis are, and how this instance identifies itself."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    instance: str = "0"
+    # Several instances of one service share its subscriptions ($share/...) when set.
+    shared: bool = False
+    session_expiry_s: int = 3600
+    key_ttl_s: int = 7 * 24 * 3600
+    timer_poll_ms: int = 50
+    # Data the validator holds out (disjoint from every device's data by construction).
+    data_seed: int = 0
+    holdout_fraction: float = 0.2
+    max_regression: float = 0.02
+    # Canary: fraction of the fleet per stage, health tolerance, stage timeout.
+    canary_stages: tuple[int, ...] = (10, 50, 100)
+    canary_tolerance: float = 0.05
+    canary_timeout_ms: int = 10_000
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Settings from the environment (`FEDSAGA_MQTT_PORT=1884` etc.), then overrides."""
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            raw = os.environ.get(f"FEDSAGA_{name.upper()}")
+            if raw is not None:
+                values[name] = tuple(int(x) for x in raw.split(",")) if name == "canary_stages" else raw
+        values.update(overrides)
+        return cls.model_validate(values)
+
+    def env(self) -> dict[str, str]:
+        """These settings as environment variables, for a child process."""
+        out = {}
+        for name, value in self.model_dump().items():
+            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            out[f"FEDSAGA_{name.upper()}"] = text
+        return out

@@ -1,0 +1,5 @@
+"""`python -m services.selector`."""
+
+from services.runtime import main
+
+main("selector")

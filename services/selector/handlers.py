@@ -1,0 +1,118 @@
+"""Step 1, the selector: keeps the device registry, picks an eligible cohort and leases it.
+
+Compensation releases the leases; after it, the round is over and the selector says so.
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+
+from schemas import topics
+from schemas.device import DeviceStatus
+from schemas.events import NodesSelected, RoundCompleted, StepCompensated
+from schemas.ops import RoundRequested
+from schemas.steps import Step
+from services.runtime import Context, Rejected, Route, Service, keys
+
+MIN_BATTERY = 0.2
+MIN_MEMORY_MB = 64
+LEASE_MARGIN_MS = 120_000
+
+
+def eligible(status: DeviceStatus) -> bool:
+    """Can this device train now? Online, on a network, enough battery or charging, memory."""
+    return (
+        status.state in ("idle", "training")
+        and status.network != "none"
+        and (status.charging or status.battery >= MIN_BATTERY)
+        and status.memory_mb >= MIN_MEMORY_MB
+        and status.num_examples > 0
+    )
+
+
+def rank(statuses: list[DeviceStatus], seed: int) -> list[DeviceStatus]:
+    """Plugged-in first, then Wi-Fi, then fuller batteries; ties broken by a seeded shuffle."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(statuses))
+    shuffled = [statuses[i] for i in order]
+    return sorted(shuffled, key=lambda s: (not s.charging, s.network != "wifi", -s.battery))
+
+
+async def on_status(status: DeviceStatus, ctx: Context) -> None:
+    """Record a device's status in the registry (retained, so every device is known)."""
+    ctx.check_device(status.device_id)
+    await ctx.store.put_device(status)
+
+
+async def on_round_requested(request: RoundRequested, ctx: Context) -> None:
+    """Create the round, select and lease a cohort, and emit NodesSelected."""
+    round_id = request.round_id
+    body = request.model_dump_json()
+    created = await ctx.store.create_round(
+        round_id,
+        {"status": "running", "step": Step.SELECT, "model_name": request.model_name,
+         "request": body, "request_id": request.msg_id, "iteration": 0},
+    )
+    state = await ctx.store.get_round(round_id)
+    if not created and (state.get("request_id") != request.msg_id or "selected" in state):
+        raise Rejected(f"round {round_id} already exists")
+
+    lease_ms = request.training_rounds * request.iteration_timeout_ms + LEASE_MARGIN_MS
+    registry = await ctx.store.devices()
+    candidates = rank([s for s in registry if eligible(s)], request.seed)
+    cohort: list[str] = []
+    for status in candidates:
+        if len(cohort) == request.cohort_size:
+            break
+        if await ctx.store.lease(status.device_id, round_id, lease_ms):
+            cohort.append(status.device_id)
+    await ctx.store.sadd(keys.cohort(round_id), *cohort)
+    await ctx.store.sadd(keys.active(round_id), *cohort)
+    if len(cohort) < request.min_participating_nodes:
+        await ctx.fail(
+            round_id, Step.SELECT,
+            f"only {len(cohort)} eligible devices of {len(registry)} registered; "
+            f"need {request.min_participating_nodes}",
+        )
+        return
+    await ctx.store.set_fields(round_id, cohort_size=len(cohort), step=Step.DISTRIBUTE)
+    await ctx.emit(NodesSelected(round_id=round_id, request=request, cohort=cohort,
+                                 eligible=len(candidates)))
+    await ctx.store.mark_once(round_id, "selected")
+
+
+async def release_all(round_id: str, ctx: Context) -> str:
+    """Release every lease this round holds (compensation of step 1, and round end)."""
+    released = 0
+    for device_id in await ctx.store.smembers(keys.cohort(round_id)):
+        released += await ctx.store.release(device_id, round_id)
+    return f"released {released} leases"
+
+
+async def on_round_completed(event: RoundCompleted, ctx: Context) -> None:
+    """A finished round gives its devices back."""
+    await release_all(event.round_id, ctx)
+
+
+async def on_compensated(event: StepCompensated, ctx: Context) -> None:
+    """The last compensation ran: the round has failed cleanly."""
+    state = await ctx.store.get_round(event.round_id)
+    if await ctx.store.transition(event.round_id, {"status": "compensating"},
+                                  {"status": "failed"}):
+        await ctx.emit(RoundCompleted(round_id=event.round_id, outcome="failed",
+                                      version=state.get("parent_version") or None,
+                                      reason=state.get("failure_reason")))
+
+
+service = Service(
+    name="selector",
+    step=Step.SELECT,
+    compensate=release_all,
+    routes=[
+        Route(topics.ROUND_START, RoundRequested, on_round_requested),
+        Route(topics.ALL_STATUS, DeviceStatus, on_status),
+        Route(topics.round_filter(RoundCompleted.topic_name), RoundCompleted, on_round_completed),
+        Route(topics.compensated_filter(Step.SELECT), StepCompensated, on_compensated),
+    ],
+)

@@ -1,0 +1,5 @@
+"""`python -m services.trainer_coordinator`."""
+
+from services.runtime import main
+
+main("trainer_coordinator")

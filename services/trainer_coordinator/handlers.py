@@ -1,0 +1,148 @@
+"""Step 3, the trainer coordinator: starts each iteration's training and decides quorum.
+
+A device's state per iteration moves once from `training` to `done` (its update was accepted)
+or `failed:<reason>` (reported by the device, or inferred: deadline passed, went offline).
+When no device is still training, or at the deadline, the iteration closes: quorum is at least
+`min_participating_nodes` and at least half the cohort. Compensation stops training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+from schemas import topics
+from schemas.base import now_ms
+from schemas.device import DeviceReport, DeviceStatus, StopCommand, TrainCommand
+from schemas.events import TrainingCompleted, UpdateReceived, WeightsDistributed
+from schemas.steps import Step
+from services.runtime import Context, Route, Service, keys
+
+TRAINING = "training"
+DONE = "done"
+
+
+async def on_weights_distributed(event: WeightsDistributed, ctx: Context) -> None:
+    """Tell every recipient to train this iteration, and arm the deadline."""
+    state = await ctx.store.get_round(event.round_id)
+    if state.get("status") != "running" or f"training_{event.iteration}" in state:
+        return
+    request = await ctx.store.request_of(event.round_id)
+    held = await ctx.store.hgetall(keys.held(event.round_id))
+    deadline = now_ms() + request["iteration_timeout_ms"]
+    it_key = keys.iteration(event.round_id, event.iteration)
+    for device_id in event.recipients:
+        await ctx.store.hsetnx(it_key, device_id, TRAINING)
+    await ctx.schedule(event.round_id, f"deadline:{event.iteration}", deadline)
+    for device_id in event.recipients:
+        command = TrainCommand(
+            round_id=event.round_id, iteration=event.iteration, model_digest=held[device_id],
+            epochs=request["local_epochs"], batch_size=request["batch_size"],
+            learning_rate=request["learning_rate"], deadline_ms=deadline,
+            chaos=request["simulate_failure"],
+        )
+        await ctx.publish(topics.device(topics.DEVICE_CMD, device_id), command)
+    await ctx.store.mark_once(event.round_id, f"training_{event.iteration}")
+
+
+async def on_update_received(event: UpdateReceived, ctx: Context) -> None:
+    """The aggregator took this device's update: it is done for the iteration."""
+    it_key = keys.iteration(event.round_id, event.iteration)
+    if await ctx.store.hcas(it_key, event.device_id, TRAINING, DONE):
+        await close_if_settled(event.round_id, event.iteration, ctx)
+
+
+async def on_report(report: DeviceReport, ctx: Context) -> None:
+    """A device reported that it failed this iteration."""
+    ctx.check_device(report.device_id)
+    if report.status != "failed":
+        return
+    await _mark_failed(report.round_id, report.iteration, report.device_id,
+                       report.reason or "unknown", ctx)
+
+
+async def on_status(status: DeviceStatus, ctx: Context) -> None:
+    """A device that goes offline (its last will) mid-iteration has failed it."""
+    if status.state != "offline":
+        return
+    round_id = await ctx.store.lease_owner(status.device_id)
+    if round_id is None:
+        return
+    state = await ctx.store.get_round(round_id)
+    if state.get("status") == "running":
+        await _mark_failed(round_id, int(state.get("iteration", 0)), status.device_id,
+                           "went_offline", ctx)
+
+
+async def _mark_failed(round_id: str, iteration: int, device_id: str, reason: str,
+                       ctx: Context) -> None:
+    it_key = keys.iteration(round_id, iteration)
+    if await ctx.store.hcas(it_key, device_id, TRAINING, f"failed:{reason}"):
+        ctx.log.info("device failed", device_id=device_id, reason=reason, iteration=iteration)
+        await close_if_settled(round_id, iteration, ctx)
+
+
+async def on_timer(round_id: str, tag: str, ctx: Context) -> None:
+    """The iteration's deadline passed: whoever is still training has failed it."""
+    iteration = int(tag.split(":")[1])
+    it_key = keys.iteration(round_id, iteration)
+    for device_id, state in (await ctx.store.hgetall(it_key)).items():
+        if state == TRAINING:
+            await ctx.store.hcas(it_key, device_id, TRAINING, "failed:deadline_passed")
+    await close_if_settled(round_id, iteration, ctx)
+
+
+async def close_if_settled(round_id: str, iteration: int, ctx: Context) -> None:
+    """Close the iteration once no device is training; decide quorum exactly once."""
+    states = await ctx.store.hgetall(keys.iteration(round_id, iteration))
+    if any(s == TRAINING for s in states.values()):
+        return
+    if not await ctx.store.mark_once(round_id, f"closed_{iteration}"):
+        return
+    await ctx.store.cancel(ctx.service, round_id, f"deadline:{iteration}")
+    done = sorted(d for d, s in states.items() if s == DONE)
+    failures = {d: s.removeprefix("failed:") for d, s in states.items() if s != DONE}
+    if failures:
+        await ctx.store.hset(keys.failures(round_id),
+                             {d: f"{r} (iteration {iteration})" for d, r in failures.items()})
+        await ctx.store.redis.srem(keys.active(round_id), *failures)
+    request = await ctx.store.request_of(round_id)
+    cohort = len(await ctx.store.smembers(keys.cohort(round_id)))
+    need = max(request["min_participating_nodes"], math.ceil(cohort / 2))
+    if len(done) >= need:
+        await ctx.store.set_fields(round_id, step=Step.AGGREGATE)
+        await ctx.emit(TrainingCompleted(round_id=round_id, iteration=iteration,
+                                         participants=done, failures=failures))
+        return
+    reasons = ", ".join(f"{r}: {n}" for r, n in Counter(failures.values()).items())
+    await ctx.fail(
+        round_id, Step.TRAIN,
+        f"insufficient participation in iteration {iteration}: {len(done)}/{cohort} devices "
+        f"reported, need {need} ({reasons})",
+    )
+
+
+async def stop_training(round_id: str, ctx: Context) -> str:
+    """Compensation: devices still in the round stop training."""
+    active = await ctx.store.smembers(keys.active(round_id))
+    state = await ctx.store.get_round(round_id)
+    await ctx.store.cancel(ctx.service, round_id, f"deadline:{state.get('iteration', 0)}")
+    for device_id in active:
+        await ctx.publish(topics.device(topics.DEVICE_CMD, device_id),
+                          StopCommand(round_id=round_id, reason="round failed"))
+    return f"stopped training on {len(active)} devices"
+
+
+service = Service(
+    name="trainer_coordinator",
+    step=Step.TRAIN,
+    compensate=stop_training,
+    timers=on_timer,
+    routes=[
+        Route(topics.round_filter(WeightsDistributed.topic_name), WeightsDistributed,
+              on_weights_distributed),
+        Route(topics.round_filter(UpdateReceived.topic_name), UpdateReceived, on_update_received),
+        Route(topics.ALL_REPORTS, DeviceReport, on_report),
+        Route(topics.ALL_STATUS, DeviceStatus, on_status),
+    ],
+)

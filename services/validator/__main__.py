@@ -1,0 +1,5 @@
+"""`python -m services.validator`."""
+
+from services.runtime import main
+
+main("validator")

@@ -1,0 +1,113 @@
+"""Step 5, the validator: holdout metrics of the candidate against its target and its parent.
+
+A candidate that meets `target_accuracy` and does not regress more than `max_regression` below
+its parent gets the next semantic version (after its parent) in the model registry. Otherwise
+the round fails here. Compensation records the failure with its metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+
+from federated.data import load_digits, train_holdout_split
+from federated.metrics import classification_metrics
+from federated.model import predict
+from federated.params import Params
+from schemas import topics
+from schemas.events import ModelAggregated, ModelValidated
+from schemas.semver import Version
+from schemas.steps import Step
+from services.runtime import Context, Rejected, Route, Service
+
+FIRST_VERSION = Version(1, 0, 0)
+
+
+@functools.cache
+def holdout(seed: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The validator's holdout set; devices' data is drawn from the rest."""
+    x, y = load_digits()
+    _, _, x_ho, y_ho = train_holdout_split(x, y, holdout_fraction=fraction,
+                                           rng=np.random.default_rng(seed))
+    return x_ho, y_ho
+
+
+def evaluate(params: Params, seed: int, fraction: float) -> dict[str, float]:
+    """Accuracy and macro precision/recall/F1 on the holdout set."""
+    x, y = holdout(seed, fraction)
+    return classification_metrics(y, predict(params, x), num_classes=10).as_dict()
+
+
+async def next_version(model: str, parent: str | None, ctx: Context) -> Version:
+    """The parent's next minor version, skipping any a concurrent round already took."""
+    candidate = Version.parse(parent).next_minor() if parent else FIRST_VERSION
+    taken = {Version.parse(v) for v in await ctx.store.versions(model)}
+    while candidate in taken:
+        candidate = candidate.next_minor()
+    return candidate
+
+
+async def on_model_aggregated(event: ModelAggregated, ctx: Context) -> None:
+    """Score the candidate; register and announce it, or fail the round."""
+    round_id = event.round_id
+    state = await ctx.store.get_round(round_id)
+    if state.get("status") != "running" or "validated" in state:
+        return
+    request = await ctx.store.request_of(round_id)
+    params = await ctx.store.get_params(event.digest)
+    if params is None:
+        raise Rejected(f"candidate {event.digest} is missing")
+    s = ctx.settings
+    metrics = evaluate(params, s.data_seed, s.holdout_fraction)
+    parent = state.get("parent_version") or None
+    if parent:
+        record = await ctx.store.get_version(request["model_name"], parent)
+        metrics["parent_accuracy"] = json.loads(record.get("metrics", "{}")).get("accuracy", 0.0)
+    await ctx.store.set_fields(round_id, metrics=json.dumps(metrics))
+    target = request["target_accuracy"]
+    if metrics["accuracy"] < target:
+        await ctx.fail(round_id, Step.VALIDATE,
+                       f"holdout accuracy {metrics['accuracy']:.4f} below target {target:.4f}")
+        return
+    if parent and metrics["accuracy"] < metrics["parent_accuracy"] - s.max_regression:
+        await ctx.fail(round_id, Step.VALIDATE,
+                       f"holdout accuracy {metrics['accuracy']:.4f} regresses from parent "
+                       f"{parent} ({metrics['parent_accuracy']:.4f})")
+        return
+    version = str(await next_version(request["model_name"], parent, ctx))
+    await ctx.store.register_version(request["model_name"], version, {
+        "parent": parent or "", "round_id": round_id, "digest": event.digest,
+        "metrics": json.dumps(metrics), "status": "validated",
+    })
+    await ctx.store.persist_params(event.digest)
+    await ctx.store.set_fields(round_id, candidate_version=version, step=Step.DEPLOY)
+    await ctx.emit(ModelValidated(round_id=round_id, digest=event.digest, version=version,
+                                  parent_version=parent, metrics=metrics))
+    await ctx.store.mark_once(round_id, "validated")
+
+
+async def record_failure(round_id: str, ctx: Context) -> str:
+    """Compensation: record why validation (or a later step) rejected the candidate."""
+    state = await ctx.store.get_round(round_id)
+    metrics = state.get("metrics", "{}")
+    record = json.dumps({"reason": state.get("failure_reason"), "step": state.get("failed_step"),
+                         "metrics": json.loads(metrics)})
+    await ctx.store.set_fields(round_id, validation_failure=record)
+    version = state.get("candidate_version")
+    if version:
+        await ctx.store.update_version(state["model_name"], version, status="rejected",
+                                       rejection=record)
+    return f"recorded validation failure (metrics {metrics})"
+
+
+service = Service(
+    name="validator",
+    step=Step.VALIDATE,
+    compensate=record_failure,
+    routes=[
+        Route(topics.round_filter(ModelAggregated.topic_name), ModelAggregated,
+              on_model_aggregated),
+    ],
+)

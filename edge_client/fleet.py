@@ -28,6 +28,7 @@ class FleetSpec:
     holdout_fraction: float = 0.2
     failures: FailureRates = FailureRates()
     low_battery_share: float = 0.1
+    prefix: str = "dev"  # device ids are f"{prefix}-{i:04d}"
 
 
 def device_data(spec: FleetSpec) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -62,7 +63,7 @@ class Fleet:
     def __init__(self, spec: FleetSpec, *, host: str, port: int) -> None:
         self.spec = spec
         self.agents = [
-            DeviceAgent(f"dev-{i:04d}", x, y, host=host, port=port, profile=profile,
+            DeviceAgent(f"{spec.prefix}-{i:04d}", x, y, host=host, port=port, profile=profile,
                         seed=spec.seed * 100_003 + i)
             for i, ((x, y), profile) in enumerate(zip(device_data(spec), profiles(spec),
                                                       strict=True))

@@ -1,0 +1,201 @@
+"""The `fedsaga` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from schemas.ops import Chaos, RoundRequested
+
+app = typer.Typer(help="Federated learning rounds for edge fleets, as an MQTT saga.",
+                  no_args_is_help=True)
+round_app = typer.Typer(help="Start rounds and read their saga timeline.", no_args_is_help=True)
+app.add_typer(round_app, name="round")
+console = Console()
+
+
+def _conn() -> dict[str, object]:
+    return {
+        "mqtt_host": os.environ.get("FEDSAGA_MQTT_HOST", "127.0.0.1"),
+        "mqtt_port": int(os.environ.get("FEDSAGA_MQTT_PORT", "1883")),
+        "redis_url": os.environ.get("FEDSAGA_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    }
+
+
+@app.command()
+def demo(
+    devices: int = 30, alpha: float = 0.5, seed: int = 0,
+    iterations: Annotated[int, typer.Option(help="FedAvg iterations per round")] = 15,
+) -> None:
+    """Run the seed's two scenarios end to end on a private local stack."""
+    from fedsaga.demo import DemoConfig, run_demo
+
+    raise typer.Exit(run_demo(DemoConfig(devices=devices, alpha=alpha, seed=seed,
+                                         iterations=iterations)))
+
+
+@app.command()
+def up(devices: int = 30, alpha: float = 0.5, seed: int = 0) -> None:
+    """Start broker, Redis, the six services and a simulated fleet until Ctrl-C."""
+    from deploy.stack import LocalStack
+    from edge_client.fleet import Fleet, FleetSpec
+
+    with LocalStack() as stack:
+        s = stack.settings
+        console.print("stack is up; in another shell:")
+        console.print(f"  export FEDSAGA_MQTT_PORT={s.mqtt_port} FEDSAGA_REDIS_URL={s.redis_url}")
+        console.print("  fedsaga round start demo-1 --wait")
+        console.print(f"  mosquitto_pub -p {s.mqtt_port} -t fl/ops/round/start "
+                      "-m '{\"round_id\": \"r2\"}'")
+        console.print(f"logs: {stack.workdir}")
+
+        async def serve() -> None:
+            spec = FleetSpec(devices=devices, alpha=alpha, seed=seed, data_seed=s.data_seed,
+                             holdout_fraction=s.holdout_fraction)
+            async with Fleet(spec, host=s.mqtt_host, port=s.mqtt_port):
+                await asyncio.Event().wait()
+
+        try:
+            asyncio.run(serve())
+        except KeyboardInterrupt:
+            console.print("stopping")
+
+
+@app.command()
+def service(name: str) -> None:
+    """Run one service in this process (as `python -m services.NAME`)."""
+    from services.runtime.main import main
+
+    main(name)
+
+
+@round_app.command("start")
+def round_start(
+    round_id: str,
+    model_name: str = "digits-mlp",
+    model_version: str | None = None,
+    target_accuracy: float = 0.9,
+    min_participating_nodes: int = 3,
+    training_rounds: int = 15,
+    simulate_failure: Chaos = Chaos.NONE,
+    cohort_size: int = 25,
+    local_epochs: int = 2,
+    batch_size: int = 16,
+    learning_rate: float = 0.1,
+    wait: Annotated[bool, typer.Option(help="wait for the result and print it")] = False,
+) -> None:
+    """Publish a round request (and optionally wait for its result)."""
+    from fedsaga.client import FedSaga
+
+    request = RoundRequested(
+        round_id=round_id, model_name=model_name, model_version=model_version,
+        target_accuracy=target_accuracy, min_participating_nodes=min_participating_nodes,
+        training_rounds=training_rounds, simulate_failure=simulate_failure,
+        cohort_size=cohort_size, local_epochs=local_epochs, batch_size=batch_size,
+        learning_rate=learning_rate,
+    )
+
+    async def go() -> None:
+        async with FedSaga(**_conn()) as saga:  # type: ignore[arg-type]
+            if wait:
+                result = await saga.run(request)
+                console.print_json(result.model_dump_json(exclude={"timeline"}))
+            else:
+                await saga.start(request)
+                console.print(f"requested round {round_id}")
+
+    asyncio.run(go())
+
+
+@round_app.command("status")
+def round_status(
+    round_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Show a round's saga timeline and outcome from Redis."""
+    from services.runtime.store import SagaStore
+
+    from fedsaga.status import round_result
+
+    async def go() -> None:
+        store = SagaStore.from_url(str(_conn()["redis_url"]))
+        try:
+            result = await round_result(store, round_id)
+        finally:
+            await store.aclose()
+        if as_json:
+            console.print_json(result.model_dump_json())
+            return
+        table = Table(title=f"round {round_id}: {result.status}")
+        table.add_column("time")
+        table.add_column("service")
+        table.add_column("event")
+        t0 = result.timeline[0]["ts_ms"] if result.timeline else 0
+        shown = [e for e in result.timeline if e["kind"] != "update.received"]
+        for e in shown:
+            table.add_row(f"+{(e['ts_ms'] - t0) / 1000:.2f}s", e["service"],
+                          e["kind"] + (f" (step {e['step']})" if "step" in e else ""))
+        console.print(table)
+        console.print_json(json.dumps(result.model_dump(exclude={"timeline"})))
+
+    asyncio.run(go())
+
+
+@app.command()
+def models(model: str = "digits-mlp") -> None:
+    """List a model's versions, lineage and metrics."""
+    from services.runtime.store import SagaStore
+
+    async def go() -> None:
+        store = SagaStore.from_url(str(_conn()["redis_url"]))
+        try:
+            active = await store.active_version(model)
+            table = Table(title=f"{model} (active: {active})")
+            for col in ("version", "parent", "status", "accuracy", "round", "created"):
+                table.add_column(col)
+            for ver in await store.versions(model):
+                rec = await store.get_version(model, ver)
+                acc = json.loads(rec.get("metrics", "{}")).get("accuracy")
+                created = time.strftime("%H:%M:%S", time.localtime(int(rec["created_ms"]) / 1000))
+                table.add_row(ver, rec.get("parent") or "-", rec.get("status", ""),
+                              f"{acc:.4f}" if acc is not None else "-", rec.get("round_id", ""),
+                              created)
+            console.print(table)
+        finally:
+            await store.aclose()
+
+    asyncio.run(go())
+
+
+@app.command()
+def fleet() -> None:
+    """List registered devices and their last status."""
+    from services.runtime.store import SagaStore
+
+    async def go() -> None:
+        store = SagaStore.from_url(str(_conn()["redis_url"]))
+        try:
+            table = Table(title="fleet")
+            for col in ("device", "state", "battery", "charging", "network", "examples",
+                        "model", "lease"):
+                table.add_column(col)
+            for d in sorted(await store.devices(), key=lambda d: d.device_id):
+                table.add_row(d.device_id, d.state, f"{d.battery:.2f}", str(d.charging),
+                              d.network, str(d.num_examples), d.model_version or "-",
+                              await store.lease_owner(d.device_id) or "-")
+            console.print(table)
+        finally:
+            await store.aclose()
+
+    asyncio.run(go())
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,146 @@
+"""Tests for federated.data: digits, splits, partitions, centralized and simulated FedAvg."""
+
+import numpy as np
+import pytest
+
+from federated import (
+    NumericsError,
+    digest,
+    dirichlet_partition,
+    load_digits,
+    predict,
+    simulate_fedavg,
+    train_centralized,
+    train_holdout_split,
+)
+
+
+def test_load_digits_shapes_and_ranges() -> None:
+    x, y = load_digits()
+    assert x.shape == (1797, 64)
+    assert x.dtype == np.float32
+    assert y.dtype == np.int64
+    assert x.min() == 0.0
+    assert x.max() == 1.0
+    assert set(np.unique(y)) == set(range(10))
+
+
+def test_holdout_split_is_stratified_and_disjoint() -> None:
+    # Prepare
+    y = np.repeat(np.arange(4), [100, 50, 30, 20])
+    x = np.arange(y.size, dtype=np.float32)[:, None]
+    # Execute
+    x_tr, y_tr, x_ho, y_ho = train_holdout_split(
+        x, y, holdout_fraction=0.2, rng=np.random.default_rng(0)
+    )
+    # Assert
+    np.testing.assert_array_equal(np.bincount(y_ho), [20, 10, 6, 4])
+    np.testing.assert_array_equal(np.bincount(y_tr), [80, 40, 24, 16])
+    assert set(x_tr[:, 0]).isdisjoint(x_ho[:, 0])
+    assert np.all(y[x_tr[:, 0].astype(int)] == y_tr)
+
+
+def test_holdout_split_rejects_bad_fraction() -> None:
+    with pytest.raises(NumericsError):
+        train_holdout_split(
+            np.zeros((4, 1)), np.zeros(4), holdout_fraction=1.0, rng=np.random.default_rng(0)
+        )
+
+
+def test_dirichlet_partition_covers_everything_once_with_min_size() -> None:
+    # Prepare
+    y = np.random.default_rng(0).integers(0, 10, size=1400)
+    # Execute
+    parts = dirichlet_partition(y, num_clients=30, alpha=0.5, rng=np.random.default_rng(1))
+    # Assert
+    assert len(parts) == 30
+    everything = np.concatenate(parts)
+    np.testing.assert_array_equal(np.sort(everything), np.arange(1400))
+    assert min(p.size for p in parts) >= 10
+
+
+def test_dirichlet_partition_is_deterministic_and_skewed() -> None:
+    y = np.random.default_rng(0).integers(0, 10, size=1400)
+    a = dirichlet_partition(y, num_clients=20, alpha=0.1, rng=np.random.default_rng(5))
+    b = dirichlet_partition(y, num_clients=20, alpha=0.1, rng=np.random.default_rng(5))
+    assert all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
+    # With small alpha, a typical client is dominated by few labels.
+    top_share = [np.bincount(y[p], minlength=10).max() / p.size for p in a]
+    assert np.median(top_share) > 0.4
+
+
+def test_dirichlet_partition_rejects_impossible_requests() -> None:
+    y = np.zeros(50, dtype=int)
+    with pytest.raises(NumericsError):
+        dirichlet_partition(y, num_clients=10, alpha=0.5, rng=np.random.default_rng(0))
+    with pytest.raises(NumericsError):
+        dirichlet_partition(y, num_clients=2, alpha=0.0, rng=np.random.default_rng(0))
+
+
+def _digits_setup() -> tuple[np.ndarray, ...]:
+    x, y = load_digits()
+    return train_holdout_split(x, y, holdout_fraction=0.2, rng=np.random.default_rng(0))
+
+
+def test_centralized_baseline_learns_digits() -> None:
+    x_tr, y_tr, x_ho, y_ho = _digits_setup()
+    params = train_centralized(
+        x_tr,
+        y_tr,
+        sizes=(64, 32, 10),
+        epochs=10,
+        batch_size=32,
+        lr=0.1,
+        rng=np.random.default_rng(0),
+    )
+    assert np.mean(predict(params, x_ho) == y_ho) > 0.9
+
+
+@pytest.mark.parametrize("quantize", [True, False])
+def test_simulated_fedavg_improves_and_is_deterministic(quantize: bool) -> None:
+    # Prepare
+    x_tr, y_tr, x_ho, y_ho = _digits_setup()
+    parts = dirichlet_partition(y_tr, num_clients=10, alpha=0.5, rng=np.random.default_rng(1))
+
+    def run() -> list[dict[str, np.ndarray]]:
+        return simulate_fedavg(
+            x_tr,
+            y_tr,
+            parts,
+            sizes=(64, 32, 10),
+            iterations=5,
+            clients_per_iteration=10,
+            epochs=2,
+            batch_size=16,
+            lr=0.2,
+            rng=np.random.default_rng(2),
+            quantize=quantize,
+        )
+
+    # Execute
+    history = run()
+    again = run()
+    # Assert
+    accuracies = [float(np.mean(predict(p, x_ho) == y_ho)) for p in history]
+    assert len(history) == 5
+    assert accuracies[-1] > 0.8
+    assert accuracies[-1] > accuracies[0]
+    assert [digest(p) for p in history] == [digest(p) for p in again]
+
+
+def test_simulated_fedavg_rejects_too_many_clients_per_iteration() -> None:
+    x_tr, y_tr, _, _ = _digits_setup()
+    parts = [np.arange(20), np.arange(20, 40)]
+    with pytest.raises(NumericsError):
+        simulate_fedavg(
+            x_tr,
+            y_tr,
+            parts,
+            sizes=(64, 10),
+            iterations=1,
+            clients_per_iteration=3,
+            epochs=1,
+            batch_size=8,
+            lr=0.1,
+            rng=np.random.default_rng(0),
+        )

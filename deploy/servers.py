@@ -62,13 +62,16 @@ class Server:
     def start(self) -> Server:
         """Start and wait until the port accepts connections."""
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                            cwd=self.workdir)
+            self.process = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir
+            )
         try:
             wait_for_port(self.port)
-        except TimeoutError:
+        except TimeoutError as exc:
             self.stop()
-            raise RuntimeError(f"{self.name} did not start: {self.log.read_text()[-2000:]}")
+            raise RuntimeError(
+                f"{self.name} did not start: {self.log.read_text()[-2000:]}"
+            ) from exc
         return self
 
     def stop(self, *, kill: bool = False) -> None:
@@ -106,8 +109,7 @@ def redis(workdir: Path, port: int | None = None) -> Server:
     port = port or free_port()
     data = workdir / "redis-data"
     data.mkdir(parents=True, exist_ok=True)
-    argv = [find_binary("redis-server"), str(REDIS_CONF), "--port", str(port),
-            "--dir", str(data)]
+    argv = [find_binary("redis-server"), str(REDIS_CONF), "--port", str(port), "--dir", str(data)]
     return Server("redis", port, workdir, argv)
 
 

@@ -27,12 +27,20 @@ class ServiceProcess:
         """Spawn the process (log appended, so a restart keeps history)."""
         env = {**os.environ, **self.settings.env()}
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", f"services.{self.name}"],
-                                            stdout=out, stderr=subprocess.STDOUT, env=env)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", f"services.{self.name}"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
 
     def serving_count(self) -> int:
         """How many times the log says the service is subscribed and serving."""
-        return self.log.read_text(errors="replace").count("event='serving'") if self.log.exists() else 0
+        return (
+            self.log.read_text(errors="replace").count("event='serving'")
+            if self.log.exists()
+            else 0
+        )
 
     def wait_serving(self, times: int = 1, timeout: float = 30.0) -> None:
         """Block until the service has subscribed (its `times`-th start)."""
@@ -73,8 +81,10 @@ class LocalStack:
         self.servers = PrivateServers(workdir)
         self.workdir = self.servers.workdir
         self.settings = Settings.from_env(
-            mqtt_host="127.0.0.1", mqtt_port=self.servers.broker.port,
-            redis_url=self.servers.redis_url, **settings,
+            mqtt_host="127.0.0.1",
+            mqtt_port=self.servers.broker.port,
+            redis_url=self.servers.redis_url,
+            **settings,
         )
         self.services = {n: ServiceProcess(n, self.settings, self.workdir) for n in SERVICES}
 

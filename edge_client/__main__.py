@@ -17,8 +17,12 @@ def main() -> None:
     args = parser.parse_args()
     host = os.environ.get("FEDSAGA_MQTT_HOST", "127.0.0.1")
     port = int(os.environ.get("FEDSAGA_MQTT_PORT", "1883"))
-    spec = FleetSpec(devices=args.devices, alpha=args.alpha, seed=args.seed,
-                     data_seed=int(os.environ.get("FEDSAGA_DATA_SEED", "0")))
+    spec = FleetSpec(
+        devices=args.devices,
+        alpha=args.alpha,
+        seed=args.seed,
+        data_seed=int(os.environ.get("FEDSAGA_DATA_SEED", "0")),
+    )
 
     async def run() -> None:
         async with Fleet(spec, host=host, port=port):

@@ -17,6 +17,7 @@ import structlog
 from aiomqtt import ProtocolVersion, Will
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from pydantic import BaseModel
 
 from edge_client.config import DeviceProfile
 from edge_client.store import Held, LocalModelStore
@@ -29,9 +30,11 @@ from schemas.device import (
     DeployCommand,
     DeviceCommand,
     DeviceReport,
+    DeviceState,
     DeviceStatus,
     DeviceUpdate,
     ModelPayload,
+    ReportStatus,
     RevokeCommand,
     RollbackCommand,
     StopCommand,
@@ -47,8 +50,17 @@ CHAOS_REASONS = ("battery_died", "network_timeout", "device_suspended")
 class DeviceAgent:
     """One simulated (or real) device speaking the fedsaga device protocol."""
 
-    def __init__(self, device_id: str, x: np.ndarray, y: np.ndarray, *, host: str, port: int,
-                 profile: DeviceProfile | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        host: str,
+        port: int,
+        profile: DeviceProfile | None = None,
+        seed: int = 0,
+    ) -> None:
         self.device_id = device_id
         self._x, self._y = x, y  # local data: stays in this process
         self.host, self.port = host, port
@@ -60,60 +72,92 @@ class DeviceAgent:
         self.connected = asyncio.Event()
         self._arrived = asyncio.Condition()
         self._training: dict[str, asyncio.Task[None]] = {}
-        self.state = "idle"
+        self.state: DeviceState = "idle"
 
     # -- wire helpers -----------------------------------------------------------------------
 
-    def status(self, state: str | None = None) -> DeviceStatus:
+    def status(self, state: DeviceState | None = None) -> DeviceStatus:
         """This device's status message."""
         current = self.models.current
         return DeviceStatus(
-            device_id=self.device_id, state=state or self.state, battery=round(self.battery, 4),
-            charging=self.profile.charging, network=self.profile.network,  # type: ignore[arg-type]
-            memory_mb=self.profile.memory_mb, num_examples=len(self._y),
+            device_id=self.device_id,
+            state=state or self.state,
+            battery=round(self.battery, 4),
+            charging=self.profile.charging,
+            network=self.profile.network,  # type: ignore[arg-type]
+            memory_mb=self.profile.memory_mb,
+            num_examples=len(self._y),
             model_version=current.version if current else None,
             model_digest=current.digest if current else None,
         )
 
-    async def _publish(self, template: str, message: object, *, retain: bool = False) -> None:
+    async def _publish(self, template: str, message: BaseModel, *, retain: bool = False) -> None:
         if self.client is None:
             return
-        await self.client.publish(topics.device(template, self.device_id),
-                                  encode(message), qos=1, retain=retain)  # type: ignore[arg-type]
+        await self.client.publish(
+            topics.device(template, self.device_id), encode(message), qos=1, retain=retain
+        )  # type: ignore[arg-type]
 
     async def publish_status(self) -> None:
         """Publish (retained) status: the registry and the selector read it."""
         await self._publish(topics.DEVICE_STATUS, self.status(), retain=True)
 
-    async def report(self, round_id: str, status: str, *, iteration: int = 0,
-                     reason: str | None = None, version: str | None = None,
-                     metrics: dict[str, float] | None = None) -> None:
+    async def report(
+        self,
+        round_id: str,
+        status: ReportStatus,
+        *,
+        iteration: int = 0,
+        reason: str | None = None,
+        version: str | None = None,
+        metrics: dict[str, float] | None = None,
+    ) -> None:
         """Publish progress, a failure reason or health metrics."""
-        await self._publish(topics.DEVICE_REPORT, DeviceReport(
-            round_id=round_id, device_id=self.device_id, iteration=iteration,
-            status=status, reason=reason, version=version,  # type: ignore[arg-type]
-            metrics=metrics or {},
-        ))
+        await self._publish(
+            topics.DEVICE_REPORT,
+            DeviceReport(
+                round_id=round_id,
+                device_id=self.device_id,
+                iteration=iteration,
+                status=status,
+                reason=reason,
+                version=version,  # type: ignore[arg-type]
+                metrics=metrics or {},
+            ),
+        )
 
     # -- the loop -----------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Stay connected (reconnecting), handling commands and payloads until cancelled."""
-        will = Will(topics.device(topics.DEVICE_STATUS, self.device_id),
-                    encode(self.status("offline")), qos=1, retain=True)
+        will = Will(
+            topics.device(topics.DEVICE_STATUS, self.device_id),
+            encode(self.status("offline")),
+            qos=1,
+            retain=True,
+        )
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
         try:
             while True:
                 try:
                     async with aiomqtt.Client(
-                        self.host, self.port, identifier=self.device_id,
-                        protocol=ProtocolVersion.V5, will=will, clean_start=False,
-                        properties=props, keepalive=10,
+                        self.host,
+                        self.port,
+                        identifier=self.device_id,
+                        protocol=ProtocolVersion.V5,
+                        will=will,
+                        clean_start=False,
+                        properties=props,
+                        keepalive=10,
                     ) as client:
                         self.client = client
-                        await client.subscribe(topics.device(topics.DEVICE_CMD, self.device_id), qos=1)
-                        await client.subscribe(topics.device(topics.DEVICE_MODEL, self.device_id), qos=1)
+                        await client.subscribe(
+                            topics.device(topics.DEVICE_CMD, self.device_id), qos=1
+                        )
+                        await client.subscribe(
+                            topics.device(topics.DEVICE_MODEL, self.device_id), qos=1
+                        )
                         await self.publish_status()
                         self.connected.set()
                         async for message in client.messages:
@@ -148,15 +192,20 @@ class DeviceAgent:
         else:
             base = self.models.lookup(payload.base_digest) if payload.base_digest else None
             if payload.base_digest and base is None:
-                await self.report(payload.round_id, "failed", iteration=payload.iteration,
-                                  reason="model_unavailable")
+                await self.report(
+                    payload.round_id,
+                    "failed",
+                    iteration=payload.iteration,
+                    reason="model_unavailable",
+                )
                 return
             try:
                 rebuilt = apply_payload(read_payload(payload.blob), base)
             except PayloadError as exc:
                 log.warning("bad payload", device_id=self.device_id, reason=exc.reason)
-                await self.report(payload.round_id, "failed", iteration=payload.iteration,
-                                  reason="bad_payload")
+                await self.report(
+                    payload.round_id, "failed", iteration=payload.iteration, reason="bad_payload"
+                )
                 return
         assert rebuilt is not None
         held = Held(payload.digest, rebuilt, payload.version)
@@ -176,8 +225,9 @@ class DeviceAgent:
 
         async with self._arrived:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait_for(lambda: find() is not None),
-                                       timeout=max(timeout_s, 0.0))
+                await asyncio.wait_for(
+                    self._arrived.wait_for(lambda: find() is not None), timeout=max(timeout_s, 0.0)
+                )
         return find()
 
     async def on_command(self, cmd: object) -> None:
@@ -243,26 +293,46 @@ class DeviceAgent:
         seed = int(self.rng.integers(2**31))
         corrupt = self.profile.honor_chaos and cmd.chaos == Chaos.VALIDATION
         blob, stats = await asyncio.to_thread(
-            train_update, held.params, self._x, self._y, epochs=cmd.epochs,
-            batch_size=cmd.batch_size, lr=cmd.learning_rate, seed=seed, corrupt=corrupt,
+            train_update,
+            held.params,
+            self._x,
+            self._y,
+            epochs=cmd.epochs,
+            batch_size=cmd.batch_size,
+            lr=cmd.learning_rate,
+            seed=seed,
+            corrupt=corrupt,
         )
         if not self.profile.charging:
             self.battery = max(0.0, self.battery - self.profile.drain_per_iteration)
         self.state = "idle"
-        await self._publish(topics.DEVICE_UPDATE, DeviceUpdate(
-            round_id=rid, iteration=it, device_id=self.device_id, base_digest=held.digest,
-            num_examples=stats.num_examples, train_loss=stats.loss,
-            train_accuracy=stats.accuracy, blob=blob,
-        ))
+        await self._publish(
+            topics.DEVICE_UPDATE,
+            DeviceUpdate(
+                round_id=rid,
+                iteration=it,
+                device_id=self.device_id,
+                base_digest=held.digest,
+                num_examples=stats.num_examples,
+                train_loss=stats.loss,
+                train_accuracy=stats.accuracy,
+                blob=blob,
+            ),
+        )
 
     async def deploy(self, cmd: DeployCommand) -> None:
         """Serve the new version, keep the previous one, report health on local data."""
         held = await self._wait_for(cmd.digest, 5.0)
-        if held is None and (self.models.current is None or self.models.current.digest != cmd.digest):
-            await self.report(cmd.round_id, "deploy_failed", version=cmd.version,
-                              reason="model_unavailable")
+        if held is None and (
+            self.models.current is None or self.models.current.digest != cmd.digest
+        ):
+            await self.report(
+                cmd.round_id, "deploy_failed", version=cmd.version, reason="model_unavailable"
+            )
             return
-        before = evaluate(self.models.current.params, self._x, self._y) if self.models.current else 0.0
+        before = (
+            evaluate(self.models.current.params, self._x, self._y) if self.models.current else 0.0
+        )
         if held is not None:
             self.models.deploy(Held(held.digest, held.params, cmd.version))
             self.models.pending_deploy.pop(cmd.digest, None)
@@ -270,5 +340,9 @@ class DeviceAgent:
         if self.profile.honor_chaos and cmd.chaos == Chaos.DEPLOYMENT:
             after *= 0.5  # the simulated regression a canary must catch
         await self.publish_status()
-        await self.report(cmd.round_id, "deployed", version=cmd.version,
-                          metrics={"accuracy": after, "previous_accuracy": before})
+        await self.report(
+            cmd.round_id,
+            "deployed",
+            version=cmd.version,
+            metrics={"accuracy": after, "previous_accuracy": before},
+        )

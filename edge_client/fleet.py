@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,7 +26,7 @@ class FleetSpec:
     seed: int = 0
     data_seed: int = 0
     holdout_fraction: float = 0.2
-    failures: FailureRates = FailureRates()
+    failures: FailureRates = field(default_factory=FailureRates)
     low_battery_share: float = 0.1
     prefix: str = "dev"  # device ids are f"{prefix}-{i:04d}"
 
@@ -34,10 +34,12 @@ class FleetSpec:
 def device_data(spec: FleetSpec) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each device's local (x, y): the non-holdout digits split non-IID."""
     x, y = load_digits()
-    x_tr, y_tr, _, _ = train_holdout_split(x, y, holdout_fraction=spec.holdout_fraction,
-                                           rng=np.random.default_rng(spec.data_seed))
-    parts = dirichlet_partition(y_tr, num_clients=spec.devices, alpha=spec.alpha,
-                                rng=np.random.default_rng(spec.seed))
+    x_tr, y_tr, _, _ = train_holdout_split(
+        x, y, holdout_fraction=spec.holdout_fraction, rng=np.random.default_rng(spec.data_seed)
+    )
+    parts = dirichlet_partition(
+        y_tr, num_clients=spec.devices, alpha=spec.alpha, rng=np.random.default_rng(spec.seed)
+    )
     return [(x_tr[idx], y_tr[idx]) for idx in parts]
 
 
@@ -47,13 +49,15 @@ def profiles(spec: FleetSpec) -> list[DeviceProfile]:
     out = []
     for _ in range(spec.devices):
         low = rng.random() < spec.low_battery_share
-        out.append(DeviceProfile(
-            battery=float(rng.uniform(0.05, 0.12) if low else rng.uniform(0.3, 1.0)),
-            charging=bool(not low and rng.random() < 0.4),
-            network="wifi" if rng.random() < 0.8 else "cellular",
-            memory_mb=int(rng.integers(256, 4096)),
-            failures=spec.failures,
-        ))
+        out.append(
+            DeviceProfile(
+                battery=float(rng.uniform(0.05, 0.12) if low else rng.uniform(0.3, 1.0)),
+                charging=bool(not low and rng.random() < 0.4),
+                network="wifi" if rng.random() < 0.8 else "cellular",
+                memory_mb=int(rng.integers(256, 4096)),
+                failures=spec.failures,
+            )
+        )
     return out
 
 
@@ -63,10 +67,18 @@ class Fleet:
     def __init__(self, spec: FleetSpec, *, host: str, port: int) -> None:
         self.spec = spec
         self.agents = [
-            DeviceAgent(f"{spec.prefix}-{i:04d}", x, y, host=host, port=port, profile=profile,
-                        seed=spec.seed * 100_003 + i)
-            for i, ((x, y), profile) in enumerate(zip(device_data(spec), profiles(spec),
-                                                      strict=True))
+            DeviceAgent(
+                f"{spec.prefix}-{i:04d}",
+                x,
+                y,
+                host=host,
+                port=port,
+                profile=profile,
+                seed=spec.seed * 100_003 + i,
+            )
+            for i, ((x, y), profile) in enumerate(
+                zip(device_data(spec), profiles(spec), strict=True)
+            )
         ]
         self._tasks: list[asyncio.Task[None]] = []
 

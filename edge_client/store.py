@@ -27,8 +27,12 @@ class LocalModelStore:
 
     def lookup(self, digest: str) -> Params | None:
         """Weights with this digest, wherever the device holds them."""
-        for held in (self.current, self.previous, *self.rounds.values(),
-                     *self.pending_deploy.values()):
+        for held in (
+            self.current,
+            self.previous,
+            *self.rounds.values(),
+            *self.pending_deploy.values(),
+        ):
             if held is not None and held.digest == digest:
                 return held.params
         return None
@@ -36,6 +40,7 @@ class LocalModelStore:
     def deploy(self, held: Held) -> None:
         """Serve `held`; keep what was serving as the rollback target."""
         if self.current is not None and self.current.digest == held.digest:
+            self.current.version = held.version  # same weights, possibly a new label
             return
         self.previous, self.current = self.current, held
 

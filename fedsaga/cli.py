@@ -14,8 +14,9 @@ from rich.table import Table
 
 from schemas.ops import Chaos, RoundRequested
 
-app = typer.Typer(help="Federated learning rounds for edge fleets, as an MQTT saga.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Federated learning rounds for edge fleets, as an MQTT saga.", no_args_is_help=True
+)
 round_app = typer.Typer(help="Start rounds and read their saga timeline.", no_args_is_help=True)
 app.add_typer(round_app, name="round")
 console = Console()
@@ -31,14 +32,17 @@ def _conn() -> dict[str, object]:
 
 @app.command()
 def demo(
-    devices: int = 30, alpha: float = 0.5, seed: int = 0,
-    iterations: Annotated[int, typer.Option(help="FedAvg iterations per round")] = 15,
+    devices: int = 30,
+    alpha: float = 0.5,
+    seed: int = 0,
+    iterations: Annotated[int, typer.Option(help="FedAvg iterations per round")] = 25,
 ) -> None:
     """Run the seed's two scenarios end to end on a private local stack."""
     from fedsaga.demo import DemoConfig, run_demo
 
-    raise typer.Exit(run_demo(DemoConfig(devices=devices, alpha=alpha, seed=seed,
-                                         iterations=iterations)))
+    raise typer.Exit(
+        run_demo(DemoConfig(devices=devices, alpha=alpha, seed=seed, iterations=iterations))
+    )
 
 
 @app.command()
@@ -52,13 +56,19 @@ def up(devices: int = 30, alpha: float = 0.5, seed: int = 0) -> None:
         console.print("stack is up; in another shell:")
         console.print(f"  export FEDSAGA_MQTT_PORT={s.mqtt_port} FEDSAGA_REDIS_URL={s.redis_url}")
         console.print("  fedsaga round start demo-1 --wait")
-        console.print(f"  mosquitto_pub -p {s.mqtt_port} -t fl/ops/round/start "
-                      "-m '{\"round_id\": \"r2\"}'")
+        console.print(
+            f'  mosquitto_pub -p {s.mqtt_port} -t fl/ops/round/start -m \'{{"round_id": "r2"}}\''
+        )
         console.print(f"logs: {stack.workdir}")
 
         async def serve() -> None:
-            spec = FleetSpec(devices=devices, alpha=alpha, seed=seed, data_seed=s.data_seed,
-                             holdout_fraction=s.holdout_fraction)
+            spec = FleetSpec(
+                devices=devices,
+                alpha=alpha,
+                seed=seed,
+                data_seed=s.data_seed,
+                holdout_fraction=s.holdout_fraction,
+            )
             async with Fleet(spec, host=s.mqtt_host, port=s.mqtt_port):
                 await asyncio.Event().wait()
 
@@ -83,22 +93,28 @@ def round_start(
     model_version: str | None = None,
     target_accuracy: float = 0.9,
     min_participating_nodes: int = 3,
-    training_rounds: int = 15,
+    training_rounds: int = 25,
     simulate_failure: Chaos = Chaos.NONE,
-    cohort_size: int = 25,
-    local_epochs: int = 2,
+    cohort_size: int = 30,
+    local_epochs: int = 5,
     batch_size: int = 16,
-    learning_rate: float = 0.1,
+    learning_rate: float = 0.3,
     wait: Annotated[bool, typer.Option(help="wait for the result and print it")] = False,
 ) -> None:
     """Publish a round request (and optionally wait for its result)."""
     from fedsaga.client import FedSaga
 
     request = RoundRequested(
-        round_id=round_id, model_name=model_name, model_version=model_version,
-        target_accuracy=target_accuracy, min_participating_nodes=min_participating_nodes,
-        training_rounds=training_rounds, simulate_failure=simulate_failure,
-        cohort_size=cohort_size, local_epochs=local_epochs, batch_size=batch_size,
+        round_id=round_id,
+        model_name=model_name,
+        model_version=model_version,
+        target_accuracy=target_accuracy,
+        min_participating_nodes=min_participating_nodes,
+        training_rounds=training_rounds,
+        simulate_failure=simulate_failure,
+        cohort_size=cohort_size,
+        local_epochs=local_epochs,
+        batch_size=batch_size,
         learning_rate=learning_rate,
     )
 
@@ -120,9 +136,8 @@ def round_status(
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Show a round's saga timeline and outcome from Redis."""
-    from services.runtime.store import SagaStore
-
     from fedsaga.status import round_result
+    from services.runtime.store import SagaStore
 
     async def go() -> None:
         store = SagaStore.from_url(str(_conn()["redis_url"]))
@@ -140,8 +155,11 @@ def round_status(
         t0 = result.timeline[0]["ts_ms"] if result.timeline else 0
         shown = [e for e in result.timeline if e["kind"] != "update.received"]
         for e in shown:
-            table.add_row(f"+{(e['ts_ms'] - t0) / 1000:.2f}s", e["service"],
-                          e["kind"] + (f" (step {e['step']})" if "step" in e else ""))
+            table.add_row(
+                f"+{(e['ts_ms'] - t0) / 1000:.2f}s",
+                e["service"],
+                e["kind"] + (f" (step {e['step']})" if "step" in e else ""),
+            )
         console.print(table)
         console.print_json(json.dumps(result.model_dump(exclude={"timeline"})))
 
@@ -164,9 +182,14 @@ def models(model: str = "digits-mlp") -> None:
                 rec = await store.get_version(model, ver)
                 acc = json.loads(rec.get("metrics", "{}")).get("accuracy")
                 created = time.strftime("%H:%M:%S", time.localtime(int(rec["created_ms"]) / 1000))
-                table.add_row(ver, rec.get("parent") or "-", rec.get("status", ""),
-                              f"{acc:.4f}" if acc is not None else "-", rec.get("round_id", ""),
-                              created)
+                table.add_row(
+                    ver,
+                    rec.get("parent") or "-",
+                    rec.get("status", ""),
+                    f"{acc:.4f}" if acc is not None else "-",
+                    rec.get("round_id", ""),
+                    created,
+                )
             console.print(table)
         finally:
             await store.aclose()
@@ -183,13 +206,28 @@ def fleet() -> None:
         store = SagaStore.from_url(str(_conn()["redis_url"]))
         try:
             table = Table(title="fleet")
-            for col in ("device", "state", "battery", "charging", "network", "examples",
-                        "model", "lease"):
+            for col in (
+                "device",
+                "state",
+                "battery",
+                "charging",
+                "network",
+                "examples",
+                "model",
+                "lease",
+            ):
                 table.add_column(col)
             for d in sorted(await store.devices(), key=lambda d: d.device_id):
-                table.add_row(d.device_id, d.state, f"{d.battery:.2f}", str(d.charging),
-                              d.network, str(d.num_examples), d.model_version or "-",
-                              await store.lease_owner(d.device_id) or "-")
+                table.add_row(
+                    d.device_id,
+                    d.state,
+                    f"{d.battery:.2f}",
+                    str(d.charging),
+                    d.network,
+                    str(d.num_examples),
+                    d.model_version or "-",
+                    await store.lease_owner(d.device_id) or "-",
+                )
             console.print(table)
         finally:
             await store.aclose()

@@ -1,7 +1,7 @@
 """The Python API: start a round and await its result in one call.
 
-    async with FedSaga(mqtt_port=..., redis_url=...) as saga:
-        result = await saga.run(RoundRequested(round_id="r1", target_accuracy=0.9))
+async with FedSaga(mqtt_port=..., redis_url=...) as saga:
+    result = await saga.run(RoundRequested(round_id="r1", target_accuracy=0.9))
 """
 
 from __future__ import annotations
@@ -26,8 +26,13 @@ from services.runtime.store import SagaStore
 class FedSaga:
     """A connection to a fedsaga deployment: its broker and its Redis."""
 
-    def __init__(self, *, mqtt_host: str = "127.0.0.1", mqtt_port: int = 1883,
-                 redis_url: str = "redis://127.0.0.1:6379/0") -> None:
+    def __init__(
+        self,
+        *,
+        mqtt_host: str = "127.0.0.1",
+        mqtt_port: int = 1883,
+        redis_url: str = "redis://127.0.0.1:6379/0",
+    ) -> None:
         self.mqtt_host, self.mqtt_port = mqtt_host, mqtt_port
         self.store = SagaStore.from_url(redis_url)
         self._client: aiomqtt.Client | None = None
@@ -36,9 +41,12 @@ class FedSaga:
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> FedSaga:
-        self._client = aiomqtt.Client(self.mqtt_host, self.mqtt_port,
-                                      identifier=f"fedsaga-ops-{uuid.uuid4().hex[:8]}",
-                                      protocol=ProtocolVersion.V5)
+        self._client = aiomqtt.Client(
+            self.mqtt_host,
+            self.mqtt_port,
+            identifier=f"fedsaga-ops-{uuid.uuid4().hex[:8]}",
+            protocol=ProtocolVersion.V5,
+        )
         await self._client.__aenter__()
         await self._client.subscribe(topics.ROUND_ALL, qos=1)
         await self._client.subscribe(topics.COMPENSATED_ALL, qos=1)
@@ -56,7 +64,7 @@ class FedSaga:
         assert self._client is not None
         async for message in self._client.messages:
             try:
-                event = decode(message.payload, SagaEvent)  # type: ignore[arg-type]
+                event: Any = decode(message.payload, SagaEvent)  # type: ignore[arg-type]
             except DecodeError:
                 continue
             for listener in self._listeners:

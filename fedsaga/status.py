@@ -51,15 +51,18 @@ async def round_result(store: SagaStore, round_id: str) -> RoundResult:
     if not state:
         raise KeyError(f"no round {round_id}")
     events = await store.events(round_id)
-    steps = list(dict.fromkeys(_STEP_EVENTS[e["kind"]] for e in events if e["kind"] in _STEP_EVENTS))
-    comps = [f"{e['step']}:{e['service']}: {e['detail']}" for e in events
-             if e["kind"] == "step.compensated"]
+    steps = list(
+        dict.fromkeys(_STEP_EVENTS[e["kind"]] for e in events if e["kind"] in _STEP_EVENTS)
+    )
+    comps = [
+        f"{e['step']}:{e['service']}: {e['detail']}"
+        for e in events
+        if e["kind"] == "step.compensated"
+    ]
     request = json.loads(state.get("request", "{}"))
     cohort = await store.smembers(keys.cohort(round_id))
     failures = await store.hgetall(keys.failures(round_id))
-    per_iteration = [
-        len(e["participants"]) for e in events if e["kind"] == "training.completed"
-    ]
+    per_iteration = [len(e["participants"]) for e in events if e["kind"] == "training.completed"]
     bytes_ = await _bytes(store, state)
     model = state.get("model_name", "")
     return RoundResult(
@@ -84,8 +87,15 @@ async def round_result(store: SagaStore, round_id: str) -> RoundResult:
         },
         metrics=json.loads(state.get("metrics", "{}")),
         bytes=bytes_,
-        timeline=[{"kind": e["kind"], "service": e["service"], "ts_ms": e["ts_ms"],
-                   **({"step": e["step"]} if "step" in e else {})} for e in events],
+        timeline=[
+            {
+                "kind": e["kind"],
+                "service": e["service"],
+                "ts_ms": e["ts_ms"],
+                **({"step": e["step"]} if "step" in e else {}),
+            }
+            for e in events
+        ],
     )
 
 

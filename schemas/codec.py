@@ -29,9 +29,12 @@ _adapters: dict[Any, TypeAdapter[Any]] = {}
 
 def _default(obj: object) -> object:
     if isinstance(obj, np.ndarray):
-        arr = np.ascontiguousarray(obj)
+        # ascontiguousarray would turn a 0-d array into shape (1,); 0-d is contiguous anyway.
+        arr = obj if obj.flags.c_contiguous else np.ascontiguousarray(obj)
         dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
         arr = arr.astype(dtype, copy=False)
+        if arr.dtype.str not in _ALLOWED_DTYPES:
+            raise TypeError(f"dtype {arr.dtype.str!r} cannot travel (allowed: {_ALLOWED_DTYPES})")
         header = msgpack.packb([arr.dtype.str, list(arr.shape), arr.tobytes()])
         return msgpack.ExtType(_NDARRAY_EXT, header)
     if isinstance(obj, np.generic):
@@ -81,10 +84,7 @@ def unpack(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
 
     `unpackb` bounds its buffer by the input length, which is capped first.
     """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise DecodeError(f"payload is {type(data).__name__}, not bytes")
-    if len(data) > max_bytes:
-        raise DecodeError(f"payload of {len(data)} bytes exceeds {max_bytes}")
+    _check_bytes(data, max_bytes)
     try:
         return msgpack.unpackb(
             data,
@@ -118,17 +118,26 @@ def decode(data: bytes, model: type[T] | Any, *, max_bytes: int = MAX_MESSAGE_BY
     return validate(unpack(data, max_bytes=max_bytes), model)
 
 
-def decode_json(data: bytes, model: type[T] | Any) -> T:
+def _check_bytes(data: object, max_bytes: int) -> None:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError(f"payload is {type(data).__name__}, not bytes")
+    if len(data) > max_bytes:
+        raise DecodeError(f"payload of {len(data)} bytes exceeds {max_bytes}")
+
+
+def decode_json(data: bytes, model: type[T] | Any, *, max_bytes: int = 1024 * 1024) -> T:
     """Decode JSON bytes (ops may publish with mosquitto_pub) into `model`."""
+    _check_bytes(data, max_bytes)
     try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        obj = json.loads(bytes(data))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
         raise DecodeError(f"not JSON: {exc}") from exc
     return validate(obj, model)
 
 
-def decode_any(data: bytes, model: type[T] | Any) -> T:
+def decode_any(data: bytes, model: type[T] | Any, *, max_bytes: int = MAX_MESSAGE_BYTES) -> T:
     """Decode msgpack, or JSON when the payload starts like a JSON object."""
-    if data[:1] == b"{":
+    _check_bytes(data, max_bytes)
+    if bytes(data[:1]) == b"{":
         return decode_json(data, model)
-    return decode(data, model)
+    return decode(data, model, max_bytes=max_bytes)

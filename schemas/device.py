@@ -10,12 +10,18 @@ from schemas.ops import Chaos
 MAX_BLOB = 8 * 1024 * 1024
 
 
+DeviceState = Literal["idle", "training", "paused", "offline"]
+ReportStatus = Literal[
+    "training", "failed", "stopped", "revoked", "deployed", "rolled_back", "deploy_failed"
+]
+
+
 class DeviceStatus(Message):
     """Retained on `fl/device/{id}/status`; the last will publishes `state="offline"`."""
 
     kind: Literal["device.status"] = "device.status"
     device_id: DeviceId
-    state: Literal["idle", "training", "paused", "offline"] = "idle"
+    state: DeviceState = "idle"
     battery: float = Field(default=1.0, ge=0.0, le=1.0)
     charging: bool = False
     network: Literal["wifi", "cellular", "none"] = "wifi"
@@ -126,9 +132,7 @@ class DeviceReport(Message):
     round_id: RoundId
     device_id: DeviceId
     iteration: int = Field(default=0, ge=0)
-    status: Literal[
-        "training", "failed", "stopped", "revoked", "deployed", "rolled_back", "deploy_failed"
-    ]
+    status: ReportStatus
     reason: str | None = None
     version: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)

@@ -1,7 +1,7 @@
 """Errors of the contract.
 
-    SchemaError(ValueError)
-     └── DecodeError      bytes that are not a valid message (reason says why)
+SchemaError(ValueError)
+ └── DecodeError      bytes that are not a valid message (reason says why)
 """
 
 

@@ -12,6 +12,7 @@ class Event(Message):
     """A saga event; `topic_name` is its last topic level."""
 
     topic_name: ClassVar[str]
+    kind: str
     round_id: RoundId
 
 

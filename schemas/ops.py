@@ -42,7 +42,7 @@ class RoundRequested(Message):
     layer_sizes: tuple[int, ...] = Field(
         default=(64, 32, 10), description="architecture when the model has no version yet"
     )
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
 
     @field_validator("simulate_failure", mode="before")
     @classmethod
@@ -57,6 +57,6 @@ class RoundRequested(Message):
     @field_validator("layer_sizes")
     @classmethod
     def _sizes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if len(value) < 2 or any(s < 1 or s > 65_536 for s in value):  # noqa: PLR2004
+        if len(value) < 2 or any(s < 1 or s > 65_536 for s in value):
             raise ValueError("layer_sizes needs >= 2 positive sizes")
         return value

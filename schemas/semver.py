@@ -9,7 +9,8 @@ from functools import total_ordering
 _SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-((?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)(?:\.(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*))*))?"
-    r"(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
+    r"(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?",
+    re.ASCII,
 )
 
 
@@ -27,7 +28,7 @@ class Version:
     @classmethod
     def parse(cls, text: str) -> Version:
         """Parse `1.2.3`, `1.2.3-rc.1`, `1.2.3+build.5` (a leading `v` is accepted)."""
-        m = _SEMVER.match(text[1:] if text.startswith("v") else text)
+        m = _SEMVER.fullmatch(text[1:] if text.startswith("v") else text)
         if m is None:
             raise ValueError(f"not a semantic version: {text!r}")
         pre = tuple(m.group(4).split(".")) if m.group(4) else ()
@@ -54,7 +55,9 @@ class Version:
     def __hash__(self) -> int:
         return hash(self._key())
 
-    def __lt__(self, other: Version) -> bool:
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Version):
+            return NotImplemented
         return self._key() < other._key()
 
     def next_minor(self) -> Version:

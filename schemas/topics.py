@@ -1,5 +1,9 @@
 """The topic map: the single source of truth for every MQTT topic fedsaga uses."""
 
+import re
+
+_DEVICE = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
+
 ROUND_START = "fl/ops/round/start"
 
 # Saga events: fl/round/{round_id}/{event}
@@ -50,7 +54,12 @@ def device(template: str, device_id: str) -> str:
 def device_of(topic: str) -> str:
     """The device id in `fl/device/{id}/...`."""
     parts = topic.split("/")
-    if len(parts) < 4 or parts[0] != "fl" or parts[1] != "device":  # noqa: PLR2004
+    if (
+        len(parts) < 4
+        or parts[0] != "fl"
+        or parts[1] != "device"
+        or not _DEVICE.fullmatch(parts[2])
+    ):
         raise ValueError(f"not a device topic: {topic}")
     return parts[2]
 

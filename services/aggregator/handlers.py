@@ -55,20 +55,28 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
     if spec_of(payload.delta) != spec_of(global_params):
         raise Rejected("update shapes do not match the model")
     try:
-        added = await _accumulate(round_id, it, update.device_id, flatten(payload.delta),
-                                  update.num_examples, ctx)
+        added = await _accumulate(
+            round_id, it, update.device_id, flatten(payload.delta), update.num_examples, ctx
+        )
     except NumericsError as exc:
         raise Rejected(f"update rejected: {exc}") from exc
     if not added:
         return  # this device's update is already in the sum
     await ctx.store.incr(round_id, "bytes_up", len(update.blob))
     await ctx.store.incr(round_id, "payloads_up", 1)
-    await ctx.emit(UpdateReceived(round_id=round_id, iteration=it, device_id=update.device_id,
-                                  num_examples=update.num_examples))
+    await ctx.emit(
+        UpdateReceived(
+            round_id=round_id,
+            iteration=it,
+            device_id=update.device_id,
+            num_examples=update.num_examples,
+        )
+    )
 
 
-async def _accumulate(round_id: str, it: int, device_id: str, delta: np.ndarray, n: int,
-                      ctx: Context) -> bool:
+async def _accumulate(
+    round_id: str, it: int, device_id: str, delta: np.ndarray, n: int, ctx: Context
+) -> bool:
     """Add one update to the running sum unless it is already there; atomic across instances."""
     acc_key, contrib_key = keys.accumulator(round_id, it), keys.contributors(round_id, it)
     redis = ctx.store.redis
@@ -114,9 +122,14 @@ async def on_training_completed(event: TrainingCompleted, ctx: Context) -> None:
     await ctx.store.set_fields(round_id, global_digest=new_digest)
     if it + 1 < request["training_rounds"]:
         await ctx.store.set_fields(round_id, step=Step.DISTRIBUTE)
-        await ctx.emit(IterationCompleted(round_id=round_id, iteration=it,
-                                          global_digest=new_digest,
-                                          num_examples=int(acc.total_weight)))
+        await ctx.emit(
+            IterationCompleted(
+                round_id=round_id,
+                iteration=it,
+                global_digest=new_digest,
+                num_examples=int(acc.total_weight),
+            )
+        )
     else:
         await ctx.store.set_fields(round_id, step=Step.VALIDATE, candidate_digest=new_digest)
         await ctx.emit(ModelAggregated(round_id=round_id, iterations=it + 1, digest=new_digest))
@@ -129,8 +142,9 @@ async def discard(round_id: str, ctx: Context) -> str:
     last = int(state.get("iteration", 0))
     dropped = 0
     for it in range(last + 1):
-        dropped += await ctx.store.redis.delete(keys.accumulator(round_id, it),
-                                                keys.contributors(round_id, it))
+        dropped += await ctx.store.redis.delete(
+            keys.accumulator(round_id, it), keys.contributors(round_id, it)
+        )
     candidate = state.get("candidate_digest")
     if candidate and candidate != state.get("start_digest"):
         await ctx.store.redis.delete(keys.blob(candidate))
@@ -144,7 +158,10 @@ service = Service(
     compensate=discard,
     routes=[
         Route(topics.ALL_UPDATES, DeviceUpdate, on_update),
-        Route(topics.round_filter(TrainingCompleted.topic_name), TrainingCompleted,
-              on_training_completed),
+        Route(
+            topics.round_filter(TrainingCompleted.topic_name),
+            TrainingCompleted,
+            on_training_completed,
+        ),
     ],
 )

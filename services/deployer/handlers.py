@@ -39,8 +39,7 @@ async def on_model_validated(event: ModelValidated, ctx: Context) -> None:
         online = sorted(d.device_id for d in await ctx.store.devices() if d.state != "offline")
         seed = (await ctx.store.request_of(event.round_id))["seed"]
         fleet = [online[i] for i in np.random.default_rng(seed).permutation(len(online))]
-        await ctx.store.hsetnx(keys.round_hash(event.round_id), "deploy_fleet",
-                               json.dumps(fleet))
+        await ctx.store.hsetnx(keys.round_hash(event.round_id), "deploy_fleet", json.dumps(fleet))
     await start_stage(event.round_id, 1, ctx)
 
 
@@ -51,7 +50,7 @@ async def start_stage(round_id: str, stage: int, ctx: Context) -> None:
     state = await ctx.store.get_round(round_id)
     fleet = json.loads(state["deploy_fleet"])
     sizes = stage_sizes(len(fleet), ctx.settings.canary_stages)
-    new = fleet[(sizes[stage - 2] if stage > 1 else 0):sizes[stage - 1]]
+    new = fleet[(sizes[stage - 2] if stage > 1 else 0) : sizes[stage - 1]]
     version, digest = state["candidate_version"], state["candidate_digest"]
     target = await ctx.store.get_params(digest)
     if target is None:
@@ -60,15 +59,26 @@ async def start_stage(round_id: str, stage: int, ctx: Context) -> None:
     await ctx.store.set_fields(round_id, deploy_stage=stage)
     await ctx.schedule(round_id, f"stage:{stage}", now_ms() + ctx.settings.canary_timeout_ms)
     chaos = (await ctx.store.request_of(round_id))["simulate_failure"]
-    sent = await send_weights(ctx, round_id=round_id, target=target,
-                              bases=await device_bases(ctx, new), purpose="deploy",
-                              version=version)
+    sent = await send_weights(
+        ctx,
+        round_id=round_id,
+        target=target,
+        bases=await device_bases(ctx, new),
+        purpose="deploy",
+        version=version,
+    )
     await ctx.store.incr(round_id, "bytes_deploy", sum(n for _, n in sent.values()))
     for device_id, (rebuilt, _) in sent.items():
-        await ctx.publish(topics.device(topics.DEVICE_CMD, device_id),
-                          DeployCommand(round_id=round_id, version=version, digest=rebuilt,
-                                        stage=ctx.settings.canary_stages[stage - 1],
-                                        chaos=chaos))
+        await ctx.publish(
+            topics.device(topics.DEVICE_CMD, device_id),
+            DeployCommand(
+                round_id=round_id,
+                version=version,
+                digest=rebuilt,
+                stage=ctx.settings.canary_stages[stage - 1],
+                chaos=chaos,
+            ),
+        )
     ctx.log.info("canary stage started", stage=stage, devices=len(new), fleet=len(fleet))
     await check_stage(round_id, stage, ctx)
 
@@ -100,8 +110,11 @@ async def on_timer(round_id: str, tag: str, ctx: Context) -> None:
 
 async def check_stage(round_id: str, stage: int, ctx: Context, *, timed_out: bool = False) -> None:
     """Pass or fail a stage once every device reported (or it timed out)."""
-    states = [s.split(":")[0] for s in (await ctx.store.hgetall(keys.deployment(round_id)))
-              .values() if s.endswith(f":{stage}")]
+    states = [
+        s.split(":")[0]
+        for s in (await ctx.store.hgetall(keys.deployment(round_id))).values()
+        if s.endswith(f":{stage}")
+    ]
     if "pending" in states and not timed_out:
         return
     if not await ctx.store.mark_once(round_id, f"judged_{stage}"):
@@ -110,9 +123,12 @@ async def check_stage(round_id: str, stage: int, ctx: Context, *, timed_out: boo
     unhealthy = sum(s != "ok" for s in states)
     if states and unhealthy / len(states) > MAX_UNHEALTHY:
         pct = ctx.settings.canary_stages[stage - 1]
-        await ctx.fail(round_id, Step.DEPLOY,
-                       f"canary stage {stage} ({pct}%): {unhealthy}/{len(states)} devices "
-                       f"unhealthy ({', '.join(sorted(set(states) - {'ok'}))})")
+        await ctx.fail(
+            round_id,
+            Step.DEPLOY,
+            f"canary stage {stage} ({pct}%): {unhealthy}/{len(states)} devices "
+            f"unhealthy ({', '.join(sorted(set(states) - {'ok'}))})",
+        )
         return
     if stage < len(ctx.settings.canary_stages):
         await start_stage(round_id, stage + 1, ctx)
@@ -124,14 +140,21 @@ async def finish(round_id: str, ctx: Context) -> None:
     """Every stage passed: the version becomes active and the round succeeds."""
     state = await ctx.store.get_round(round_id)
     model, version = state["model_name"], state["candidate_version"]
-    if not await ctx.store.transition(round_id, {"status": "running"},
-                                      {"status": "succeeded", "deployed_version": version}):
+    if not await ctx.store.transition(
+        round_id, {"status": "running"}, {"status": "succeeded", "deployed_version": version}
+    ):
         return
     await ctx.store.set_active_version(model, version)
     await ctx.store.update_version(model, version, status="deployed")
     devices = len(await ctx.store.hgetall(keys.deployment(round_id)))
-    await ctx.emit(ModelDeployed(round_id=round_id, version=version,
-                                 stages=list(ctx.settings.canary_stages), devices=devices))
+    await ctx.emit(
+        ModelDeployed(
+            round_id=round_id,
+            version=version,
+            stages=list(ctx.settings.canary_stages),
+            devices=devices,
+        )
+    )
     await ctx.emit(RoundCompleted(round_id=round_id, outcome="succeeded", version=version))
 
 
@@ -141,8 +164,10 @@ async def rollback(round_id: str, ctx: Context) -> str:
     version = state.get("candidate_version", "")
     deployed = await ctx.store.hgetall(keys.deployment(round_id))
     for device_id in deployed:
-        await ctx.publish(topics.device(topics.DEVICE_CMD, device_id),
-                          RollbackCommand(round_id=round_id, version=version))
+        await ctx.publish(
+            topics.device(topics.DEVICE_CMD, device_id),
+            RollbackCommand(round_id=round_id, version=version),
+        )
     if version:
         await ctx.store.update_version(state["model_name"], version, status="rolled_back")
     return f"rolled back {version or 'nothing'} on {len(deployed)} devices"
@@ -154,8 +179,7 @@ service = Service(
     compensate=rollback,
     timers=on_timer,
     routes=[
-        Route(topics.round_filter(ModelValidated.topic_name), ModelValidated,
-              on_model_validated),
+        Route(topics.round_filter(ModelValidated.topic_name), ModelValidated, on_model_validated),
         Route(topics.ALL_REPORTS, DeviceReport, on_report),
     ],
 )

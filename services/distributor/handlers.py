@@ -32,7 +32,9 @@ async def on_nodes_selected(event: NodesSelected, ctx: Context) -> None:
     """Iteration 0: resolve the starting model and send it to the cohort."""
     start_digest, parent = await _starting_model(event.request, ctx)
     await ctx.store.set_fields(
-        event.round_id, start_digest=start_digest, global_digest=start_digest,
+        event.round_id,
+        start_digest=start_digest,
+        global_digest=start_digest,
         parent_version=parent or "",
     )
     await distribute(event.round_id, 0, ctx)
@@ -60,16 +62,23 @@ async def distribute(round_id: str, iteration: int, ctx: Context) -> None:
     else:
         held = await ctx.store.hgetall(keys.held(round_id))
         bases = {d: held.get(d) for d in active}
-    sent = await send_weights(ctx, round_id=round_id, target=target, bases=bases,
-                              purpose="train", iteration=iteration)
+    sent = await send_weights(
+        ctx, round_id=round_id, target=target, bases=bases, purpose="train", iteration=iteration
+    )
     await ctx.store.hset(keys.held(round_id), {d: dg for d, (dg, _) in sent.items()})
     total = sum(n for _, n in sent.values())
     await ctx.store.incr(round_id, "bytes_down", total)
     await ctx.store.incr(round_id, "payloads_down", len(sent))
     await ctx.store.set_fields(round_id, step=Step.TRAIN, iteration=iteration)
-    await ctx.emit(WeightsDistributed(round_id=round_id, iteration=iteration,
-                                      global_digest=global_digest, recipients=sorted(sent),
-                                      bytes_sent=total))
+    await ctx.emit(
+        WeightsDistributed(
+            round_id=round_id,
+            iteration=iteration,
+            global_digest=global_digest,
+            recipients=sorted(sent),
+            bytes_sent=total,
+        )
+    )
     await ctx.store.mark_once(round_id, f"distributed_{iteration}")
 
 
@@ -77,8 +86,10 @@ async def revoke(round_id: str, ctx: Context) -> str:
     """Compensation: every cohort device deletes the weights it got for this round."""
     cohort = await ctx.store.smembers(keys.cohort(round_id))
     for device_id in cohort:
-        await ctx.publish(topics.device(topics.DEVICE_CMD, device_id),
-                          RevokeCommand(round_id=round_id, reason="round failed"))
+        await ctx.publish(
+            topics.device(topics.DEVICE_CMD, device_id),
+            RevokeCommand(round_id=round_id, reason="round failed"),
+        )
     return f"revoked weights on {len(cohort)} devices"
 
 
@@ -88,7 +99,10 @@ service = Service(
     compensate=revoke,
     routes=[
         Route(topics.round_filter(NodesSelected.topic_name), NodesSelected, on_nodes_selected),
-        Route(topics.round_filter(IterationCompleted.topic_name), IterationCompleted,
-              on_iteration_completed),
+        Route(
+            topics.round_filter(IterationCompleted.topic_name),
+            IterationCompleted,
+            on_iteration_completed,
+        ),
     ],
 )

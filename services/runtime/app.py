@@ -80,7 +80,8 @@ class Context:
     async def fail(self, round_id: str, step: int, reason: str) -> None:
         """Fail the round at `step` (once); compensations of step..1 follow."""
         if await self.store.transition(
-            round_id, {"status": "running"},
+            round_id,
+            {"status": "running"},
             {"status": "compensating", "failed_step": step, "failure_reason": reason},
         ):
             await self.emit(RoundFailed(round_id=round_id, step=step, reason=reason))
@@ -118,10 +119,13 @@ class Service:
                 *self.routes,
                 Route(topics.round_filter(RoundFailed.topic_name), RoundFailed, self._on_failed),
             ]
-            if self.step < 6:  # noqa: PLR2004
+            if self.step < 6:
                 self.routes.append(
-                    Route(topics.compensated_filter(self.step + 1), StepCompensated,
-                          self._on_compensated)
+                    Route(
+                        topics.compensated_filter(self.step + 1),
+                        StepCompensated,
+                        self._on_compensated,
+                    )
                 )
 
     async def _on_failed(self, event: RoundFailed, ctx: Context) -> None:
@@ -132,13 +136,15 @@ class Service:
         await self._run_compensation(event.round_id, ctx)
 
     async def _run_compensation(self, round_id: str, ctx: Context) -> None:
-        assert self.compensate is not None and self.step is not None
+        assert self.compensate is not None
+        assert self.step is not None
         state = await ctx.store.get_round(round_id)
         if f"compensated_{self.step}" in state:
             return  # a redelivery: this step's compensation already ran
         detail = await self.compensate(round_id, ctx)
-        await ctx.emit(StepCompensated(round_id=round_id, step=self.step, service=self.name,
-                                       detail=detail))
+        await ctx.emit(
+            StepCompensated(round_id=round_id, step=self.step, service=self.name, detail=detail)
+        )
         await ctx.store.mark_once(round_id, f"compensated_{self.step}")
 
     # -- the loop ---------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """Errors a handler raises; the runtime owns the policy for each.
 
-    FlError
-     ├── Rejected(reason)        input refused: reported on fl/errors/{service}, state untouched
-     │    └── StaleRound         the event belongs to a round or iteration that has moved on
-     ├── SagaConflict            a concurrent writer won an optimistic transition; retried
-     └── RetryLater(defer_ms)    not yet possible; the runtime re-schedules the event
+FlError
+ ├── Rejected(reason)        input refused: reported on fl/errors/{service}, state untouched
+ │    └── StaleRound         the event belongs to a round or iteration that has moved on
+ ├── SagaConflict            a concurrent writer won an optimistic transition; retried
+ └── RetryLater(defer_ms)    not yet possible; the runtime re-schedules the event
 """
 
 

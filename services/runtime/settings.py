@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 
 class Settings(BaseModel):
@@ -30,6 +30,17 @@ class Settings(BaseModel):
     canary_tolerance: float = 0.05
     canary_timeout_ms: int = 10_000
 
+    @field_validator("canary_stages")
+    @classmethod
+    def _stages(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if (
+            not value
+            or value[-1] != 100
+            or any(a >= b for a, b in zip((0, *value), value, strict=False))
+        ):
+            raise ValueError("canary_stages must rise strictly within 1..100 and end at 100")
+        return value
+
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         """Settings from the environment (`FEDSAGA_MQTT_PORT=1884` etc.), then overrides."""
@@ -37,7 +48,9 @@ class Settings(BaseModel):
         for name in cls.model_fields:
             raw = os.environ.get(f"FEDSAGA_{name.upper()}")
             if raw is not None:
-                values[name] = tuple(int(x) for x in raw.split(",")) if name == "canary_stages" else raw
+                values[name] = (
+                    tuple(int(x) for x in raw.split(",")) if name == "canary_stages" else raw
+                )
         values.update(overrides)
         return cls.model_validate(values)
 

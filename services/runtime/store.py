@@ -135,8 +135,14 @@ class SagaStore:
         out = []
         for entry_id, fields in await self.redis.xrange(keys.round_events(round_id)):
             f = _hash(fields)
-            out.append({"id": _s(entry_id), "kind": f["kind"], "service": f["service"],
-                        **json.loads(f["event"])})
+            out.append(
+                {
+                    "id": _s(entry_id),
+                    "kind": f["kind"],
+                    "service": f["service"],
+                    **json.loads(f["event"]),
+                }
+            )
         return out
 
     async def rounds(self) -> list[str]:
@@ -276,7 +282,7 @@ class SagaStore:
         """Make a version the fleet's active one."""
         await self.redis.set(keys.active_version(model), ver)
 
-    # -- at-least-once dedupe and timers ------------------------------------------------------------
+    # -- at-least-once dedupe and timers -------------------------------------------------------
 
     async def seen(self, service: str, msg_id: str) -> bool:
         """Whether this service already handled the message."""

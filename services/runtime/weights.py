@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from federated.params import Params
+from federated.params import Params, spec_of
 from federated.payload import make_payload
 from schemas import topics
 from schemas.device import ModelPayload
@@ -43,12 +43,12 @@ async def send_weights(
     rebuilds, payload bytes).
     """
     groups: dict[str | None, list[str]] = defaultdict(list)
-    for device_id, base in bases.items():
-        groups[base].append(device_id)
+    for device_id, held in bases.items():
+        groups[held].append(device_id)
     sent: dict[str, tuple[str, int]] = {}
     for base_digest, members in groups.items():
         base = await ctx.store.get_params(base_digest) if base_digest else None
-        if base is not None and any(v.shape != target[k].shape for k, v in base.items()):
+        if base is not None and spec_of(base) != spec_of(target):
             base = None  # a different architecture: send the full model
         blob, rebuilt = make_payload(
             target, base, rng=rng_for(round_id, purpose, iteration, base_digest)

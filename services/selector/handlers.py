@@ -5,7 +5,6 @@ Compensation releases the leases; after it, the round is over and the selector s
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from schemas import topics
@@ -51,8 +50,14 @@ async def on_round_requested(request: RoundRequested, ctx: Context) -> None:
     body = request.model_dump_json()
     created = await ctx.store.create_round(
         round_id,
-        {"status": "running", "step": Step.SELECT, "model_name": request.model_name,
-         "request": body, "request_id": request.msg_id, "iteration": 0},
+        {
+            "status": "running",
+            "step": Step.SELECT,
+            "model_name": request.model_name,
+            "request": body,
+            "request_id": request.msg_id,
+            "iteration": 0,
+        },
     )
     state = await ctx.store.get_round(round_id)
     if not created and (state.get("request_id") != request.msg_id or "selected" in state):
@@ -71,14 +76,16 @@ async def on_round_requested(request: RoundRequested, ctx: Context) -> None:
     await ctx.store.sadd(keys.active(round_id), *cohort)
     if len(cohort) < request.min_participating_nodes:
         await ctx.fail(
-            round_id, Step.SELECT,
+            round_id,
+            Step.SELECT,
             f"only {len(cohort)} eligible devices of {len(registry)} registered; "
             f"need {request.min_participating_nodes}",
         )
         return
     await ctx.store.set_fields(round_id, cohort_size=len(cohort), step=Step.DISTRIBUTE)
-    await ctx.emit(NodesSelected(round_id=round_id, request=request, cohort=cohort,
-                                 eligible=len(candidates)))
+    await ctx.emit(
+        NodesSelected(round_id=round_id, request=request, cohort=cohort, eligible=len(candidates))
+    )
     await ctx.store.mark_once(round_id, "selected")
 
 
@@ -98,11 +105,15 @@ async def on_round_completed(event: RoundCompleted, ctx: Context) -> None:
 async def on_compensated(event: StepCompensated, ctx: Context) -> None:
     """The last compensation ran: the round has failed cleanly."""
     state = await ctx.store.get_round(event.round_id)
-    if await ctx.store.transition(event.round_id, {"status": "compensating"},
-                                  {"status": "failed"}):
-        await ctx.emit(RoundCompleted(round_id=event.round_id, outcome="failed",
-                                      version=state.get("parent_version") or None,
-                                      reason=state.get("failure_reason")))
+    if await ctx.store.transition(event.round_id, {"status": "compensating"}, {"status": "failed"}):
+        await ctx.emit(
+            RoundCompleted(
+                round_id=event.round_id,
+                outcome="failed",
+                version=state.get("parent_version") or None,
+                reason=state.get("failure_reason"),
+            )
+        )
 
 
 service = Service(

@@ -36,9 +36,13 @@ async def on_weights_distributed(event: WeightsDistributed, ctx: Context) -> Non
     await ctx.schedule(event.round_id, f"deadline:{event.iteration}", deadline)
     for device_id in event.recipients:
         command = TrainCommand(
-            round_id=event.round_id, iteration=event.iteration, model_digest=held[device_id],
-            epochs=request["local_epochs"], batch_size=request["batch_size"],
-            learning_rate=request["learning_rate"], deadline_ms=deadline,
+            round_id=event.round_id,
+            iteration=event.iteration,
+            model_digest=held[device_id],
+            epochs=request["local_epochs"],
+            batch_size=request["batch_size"],
+            learning_rate=request["learning_rate"],
+            deadline_ms=deadline,
             chaos=request["simulate_failure"],
         )
         await ctx.publish(topics.device(topics.DEVICE_CMD, device_id), command)
@@ -57,8 +61,9 @@ async def on_report(report: DeviceReport, ctx: Context) -> None:
     ctx.check_device(report.device_id)
     if report.status != "failed":
         return
-    await _mark_failed(report.round_id, report.iteration, report.device_id,
-                       report.reason or "unknown", ctx)
+    await _mark_failed(
+        report.round_id, report.iteration, report.device_id, report.reason or "unknown", ctx
+    )
 
 
 async def on_status(status: DeviceStatus, ctx: Context) -> None:
@@ -70,12 +75,14 @@ async def on_status(status: DeviceStatus, ctx: Context) -> None:
         return
     state = await ctx.store.get_round(round_id)
     if state.get("status") == "running":
-        await _mark_failed(round_id, int(state.get("iteration", 0)), status.device_id,
-                           "went_offline", ctx)
+        await _mark_failed(
+            round_id, int(state.get("iteration", 0)), status.device_id, "went_offline", ctx
+        )
 
 
-async def _mark_failed(round_id: str, iteration: int, device_id: str, reason: str,
-                       ctx: Context) -> None:
+async def _mark_failed(
+    round_id: str, iteration: int, device_id: str, reason: str, ctx: Context
+) -> None:
     it_key = keys.iteration(round_id, iteration)
     if await ctx.store.hcas(it_key, device_id, TRAINING, f"failed:{reason}"):
         ctx.log.info("device failed", device_id=device_id, reason=reason, iteration=iteration)
@@ -103,20 +110,26 @@ async def close_if_settled(round_id: str, iteration: int, ctx: Context) -> None:
     done = sorted(d for d, s in states.items() if s == DONE)
     failures = {d: s.removeprefix("failed:") for d, s in states.items() if s != DONE}
     if failures:
-        await ctx.store.hset(keys.failures(round_id),
-                             {d: f"{r} (iteration {iteration})" for d, r in failures.items()})
+        await ctx.store.hset(
+            keys.failures(round_id),
+            {d: f"{r} (iteration {iteration})" for d, r in failures.items()},
+        )
         await ctx.store.redis.srem(keys.active(round_id), *failures)
     request = await ctx.store.request_of(round_id)
     cohort = len(await ctx.store.smembers(keys.cohort(round_id)))
     need = max(request["min_participating_nodes"], math.ceil(cohort / 2))
     if len(done) >= need:
         await ctx.store.set_fields(round_id, step=Step.AGGREGATE)
-        await ctx.emit(TrainingCompleted(round_id=round_id, iteration=iteration,
-                                         participants=done, failures=failures))
+        await ctx.emit(
+            TrainingCompleted(
+                round_id=round_id, iteration=iteration, participants=done, failures=failures
+            )
+        )
         return
     reasons = ", ".join(f"{r}: {n}" for r, n in Counter(failures.values()).items())
     await ctx.fail(
-        round_id, Step.TRAIN,
+        round_id,
+        Step.TRAIN,
         f"insufficient participation in iteration {iteration}: {len(done)}/{cohort} devices "
         f"reported, need {need} ({reasons})",
     )
@@ -128,8 +141,10 @@ async def stop_training(round_id: str, ctx: Context) -> str:
     state = await ctx.store.get_round(round_id)
     await ctx.store.cancel(ctx.service, round_id, f"deadline:{state.get('iteration', 0)}")
     for device_id in active:
-        await ctx.publish(topics.device(topics.DEVICE_CMD, device_id),
-                          StopCommand(round_id=round_id, reason="round failed"))
+        await ctx.publish(
+            topics.device(topics.DEVICE_CMD, device_id),
+            StopCommand(round_id=round_id, reason="round failed"),
+        )
     return f"stopped training on {len(active)} devices"
 
 
@@ -139,8 +154,11 @@ service = Service(
     compensate=stop_training,
     timers=on_timer,
     routes=[
-        Route(topics.round_filter(WeightsDistributed.topic_name), WeightsDistributed,
-              on_weights_distributed),
+        Route(
+            topics.round_filter(WeightsDistributed.topic_name),
+            WeightsDistributed,
+            on_weights_distributed,
+        ),
         Route(topics.round_filter(UpdateReceived.topic_name), UpdateReceived, on_update_received),
         Route(topics.ALL_REPORTS, DeviceReport, on_report),
         Route(topics.ALL_STATUS, DeviceStatus, on_status),

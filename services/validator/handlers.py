@@ -29,8 +29,9 @@ FIRST_VERSION = Version(1, 0, 0)
 def holdout(seed: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """The validator's holdout set; devices' data is drawn from the rest."""
     x, y = load_digits()
-    _, _, x_ho, y_ho = train_holdout_split(x, y, holdout_fraction=fraction,
-                                           rng=np.random.default_rng(seed))
+    _, _, x_ho, y_ho = train_holdout_split(
+        x, y, holdout_fraction=fraction, rng=np.random.default_rng(seed)
+    )
     return x_ho, y_ho
 
 
@@ -68,23 +69,43 @@ async def on_model_aggregated(event: ModelAggregated, ctx: Context) -> None:
     await ctx.store.set_fields(round_id, metrics=json.dumps(metrics))
     target = request["target_accuracy"]
     if metrics["accuracy"] < target:
-        await ctx.fail(round_id, Step.VALIDATE,
-                       f"holdout accuracy {metrics['accuracy']:.4f} below target {target:.4f}")
+        await ctx.fail(
+            round_id,
+            Step.VALIDATE,
+            f"holdout accuracy {metrics['accuracy']:.4f} below target {target:.4f}",
+        )
         return
     if parent and metrics["accuracy"] < metrics["parent_accuracy"] - s.max_regression:
-        await ctx.fail(round_id, Step.VALIDATE,
-                       f"holdout accuracy {metrics['accuracy']:.4f} regresses from parent "
-                       f"{parent} ({metrics['parent_accuracy']:.4f})")
+        await ctx.fail(
+            round_id,
+            Step.VALIDATE,
+            f"holdout accuracy {metrics['accuracy']:.4f} regresses from parent "
+            f"{parent} ({metrics['parent_accuracy']:.4f})",
+        )
         return
     version = str(await next_version(request["model_name"], parent, ctx))
-    await ctx.store.register_version(request["model_name"], version, {
-        "parent": parent or "", "round_id": round_id, "digest": event.digest,
-        "metrics": json.dumps(metrics), "status": "validated",
-    })
+    await ctx.store.register_version(
+        request["model_name"],
+        version,
+        {
+            "parent": parent or "",
+            "round_id": round_id,
+            "digest": event.digest,
+            "metrics": json.dumps(metrics),
+            "status": "validated",
+        },
+    )
     await ctx.store.persist_params(event.digest)
     await ctx.store.set_fields(round_id, candidate_version=version, step=Step.DEPLOY)
-    await ctx.emit(ModelValidated(round_id=round_id, digest=event.digest, version=version,
-                                  parent_version=parent, metrics=metrics))
+    await ctx.emit(
+        ModelValidated(
+            round_id=round_id,
+            digest=event.digest,
+            version=version,
+            parent_version=parent,
+            metrics=metrics,
+        )
+    )
     await ctx.store.mark_once(round_id, "validated")
 
 
@@ -92,13 +113,19 @@ async def record_failure(round_id: str, ctx: Context) -> str:
     """Compensation: record why validation (or a later step) rejected the candidate."""
     state = await ctx.store.get_round(round_id)
     metrics = state.get("metrics", "{}")
-    record = json.dumps({"reason": state.get("failure_reason"), "step": state.get("failed_step"),
-                         "metrics": json.loads(metrics)})
+    record = json.dumps(
+        {
+            "reason": state.get("failure_reason"),
+            "step": state.get("failed_step"),
+            "metrics": json.loads(metrics),
+        }
+    )
     await ctx.store.set_fields(round_id, validation_failure=record)
     version = state.get("candidate_version")
     if version:
-        await ctx.store.update_version(state["model_name"], version, status="rejected",
-                                       rejection=record)
+        await ctx.store.update_version(
+            state["model_name"], version, status="rejected", rejection=record
+        )
     return f"recorded validation failure (metrics {metrics})"
 
 
@@ -107,7 +134,8 @@ service = Service(
     step=Step.VALIDATE,
     compensate=record_failure,
     routes=[
-        Route(topics.round_filter(ModelAggregated.topic_name), ModelAggregated,
-              on_model_aggregated),
+        Route(
+            topics.round_filter(ModelAggregated.topic_name), ModelAggregated, on_model_aggregated
+        ),
     ],
 )

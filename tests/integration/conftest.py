@@ -43,17 +43,25 @@ def clean_redis(stack: LocalStack) -> None:
 async def saga(stack: LocalStack, clean_redis: None) -> AsyncIterator[FedSaga]:
     """The ops client: start rounds, await results, watch events."""
     s = stack.settings
-    async with FedSaga(mqtt_host=s.mqtt_host, mqtt_port=s.mqtt_port,
-                       redis_url=s.redis_url) as client:
+    async with FedSaga(
+        mqtt_host=s.mqtt_host, mqtt_port=s.mqtt_port, redis_url=s.redis_url
+    ) as client:
         yield client
 
 
 async def start_fleet(stack: LocalStack, saga: FedSaga, **spec: object) -> Fleet:
     """A fleet with fresh device ids, every device registered before returning."""
     s = stack.settings
-    full = FleetSpec(**{"devices": 12, "prefix": f"t{next(_fleet_ids)}", "low_battery_share": 0.0,
-                        "data_seed": s.data_seed, "holdout_fraction": s.holdout_fraction,
-                        **spec})  # type: ignore[arg-type]
+    full = FleetSpec(
+        **{
+            "devices": 12,
+            "prefix": f"t{next(_fleet_ids)}",
+            "low_battery_share": 0.0,
+            "data_seed": s.data_seed,
+            "holdout_fraction": s.holdout_fraction,
+            **spec,
+        }
+    )  # type: ignore[arg-type]
     fleet = Fleet(full, host=s.mqtt_host, port=s.mqtt_port)
     await fleet.__aenter__()
     ids = {a.device_id for a in fleet.agents}
@@ -74,9 +82,14 @@ async def fleet(stack: LocalStack, saga: FedSaga) -> AsyncIterator[Fleet]:
 def request(**overrides: object) -> RoundRequested:
     """A small, fast round: 3 iterations over 10 devices, an easy target."""
     fields: dict[str, object] = {
-        "round_id": f"t-{uuid.uuid4().hex[:10]}", "target_accuracy": 0.5,
-        "min_participating_nodes": 3, "training_rounds": 3, "cohort_size": 10,
-        "local_epochs": 2, "batch_size": 16, "learning_rate": 0.1,
+        "round_id": f"t-{uuid.uuid4().hex[:10]}",
+        "target_accuracy": 0.5,
+        "min_participating_nodes": 3,
+        "training_rounds": 3,
+        "cohort_size": 10,
+        "local_epochs": 2,
+        "batch_size": 16,
+        "learning_rate": 0.1,
         "iteration_timeout_ms": 5_000,
     }
     fields.update(overrides)
@@ -108,8 +121,12 @@ async def probe(stack: LocalStack) -> AsyncIterator[Probe]:
     import aiomqtt
 
     s = stack.settings
-    async with aiomqtt.Client(s.mqtt_host, s.mqtt_port, protocol=aiomqtt.ProtocolVersion.V5,
-                              identifier=f"probe-{uuid.uuid4().hex[:6]}") as client:
+    async with aiomqtt.Client(
+        s.mqtt_host,
+        s.mqtt_port,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        identifier=f"probe-{uuid.uuid4().hex[:6]}",
+    ) as client:
         p = Probe(client)
         for topic in ("fl/errors/#", "fl/round/#", "fl/device/+/cmd"):
             await client.subscribe(topic, qos=1)

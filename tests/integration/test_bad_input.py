@@ -7,9 +7,9 @@ import numpy as np
 import zstandard
 
 from edge_client.fleet import Fleet
-from fedsaga.client import FedSaga
 from federated.model import init_mlp
 from federated.payload import make_payload
+from fedsaga.client import FedSaga
 from schemas.codec import decode, encode
 from schemas.device import DeviceUpdate
 from schemas.events import ErrorReport, ModelValidated
@@ -18,10 +18,23 @@ from tests.integration.conftest import Probe, request
 
 def _nan_payload(params: dict[str, np.ndarray], base_digest: str) -> bytes:
     """A well-formed float32 payload (wire format v1) whose values are NaN."""
-    tensors = [{"name": k, "shape": list(v.shape), "q": np.full(v.size, np.nan, "<f4").tobytes(),
-                "scales": b""} for k, v in params.items()]
-    doc = {"v": 1, "method": "float32", "block": 256, "base_digest": base_digest,
-           "digest": "0" * 64, "tensors": tensors}
+    tensors = [
+        {
+            "name": k,
+            "shape": list(v.shape),
+            "q": np.full(v.size, np.nan, "<f4").tobytes(),
+            "scales": b"",
+        }
+        for k, v in params.items()
+    ]
+    doc = {
+        "v": 1,
+        "method": "float32",
+        "block": 256,
+        "base_digest": base_digest,
+        "digest": "0" * 64,
+        "tensors": tensors,
+    }
     return zstandard.ZstdCompressor().compress(msgpack.packb(doc, use_bin_type=True))
 
 
@@ -61,16 +74,25 @@ async def test_updates_from_unselected_devices_or_with_bad_weights_are_rejected(
     blob, _ = make_payload(params, None, rng=np.random.default_rng(0))
 
     def update(device: str, **kw: object) -> bytes:
-        fields = {"round_id": result.round_id, "iteration": 0, "device_id": device,
-                  "base_digest": "0" * 64, "num_examples": 10, "train_loss": 0.1,
-                  "train_accuracy": 0.5, "blob": blob, **kw}
+        fields = {
+            "round_id": result.round_id,
+            "iteration": 0,
+            "device_id": device,
+            "base_digest": "0" * 64,
+            "num_examples": 10,
+            "train_loss": 0.1,
+            "train_accuracy": 0.5,
+            "blob": blob,
+            **kw,
+        }
         return encode(DeviceUpdate.model_validate(fields))
 
     # Execute
     await probe.client.publish("fl/device/intruder/update", update("intruder"), qos=1)
     await probe.client.publish("fl/device/intruder/update", update("someone-else"), qos=1)
-    await probe.client.publish("fl/device/t0-0001/update",
-                               update("t0-0001", blob=b"\x28\xb5\x2f\xfd junk"), qos=1)
+    await probe.client.publish(
+        "fl/device/t0-0001/update", update("t0-0001", blob=b"\x28\xb5\x2f\xfd junk"), qos=1
+    )
 
     # Assert
     await probe.wait_for("fl/errors/aggregator", 3)
@@ -78,8 +100,9 @@ async def test_updates_from_unselected_devices_or_with_bad_weights_are_rejected(
     assert any("does not match topic" in r for r in reasons)
     assert sum("is succeeded" in r or "not selected" in r for r in reasons) >= 1
     after = await saga.store.get_round(result.round_id)
-    assert {k: v for k, v in after.items() if k != "updated_ms"} == \
-        {k: v for k, v in before.items() if k != "updated_ms"}
+    assert {k: v for k, v in after.items() if k != "updated_ms"} == {
+        k: v for k, v in before.items() if k != "updated_ms"
+    }
 
 
 async def test_nan_update_mid_round_is_rejected_and_the_round_still_succeeds(
@@ -93,10 +116,19 @@ async def test_nan_update_mid_round_is_rejected_and_the_round_still_succeeds(
         if cmd.iteration == 0:
             held = victim.models.rounds[cmd.round_id]
             blob = _nan_payload(held.params, held.digest)
-            await victim._publish("fl/device/{device_id}/update", DeviceUpdate(
-                round_id=cmd.round_id, iteration=0, device_id=victim.device_id,
-                base_digest=held.digest, num_examples=10, train_loss=0.0, train_accuracy=0.0,
-                blob=blob))
+            await victim._publish(
+                "fl/device/{device_id}/update",
+                DeviceUpdate(
+                    round_id=cmd.round_id,
+                    iteration=0,
+                    device_id=victim.device_id,
+                    base_digest=held.digest,
+                    num_examples=10,
+                    train_loss=0.0,
+                    train_accuracy=0.0,
+                    blob=blob,
+                ),
+            )
         await original(cmd)
 
     victim.train = poisoned  # type: ignore[method-assign]
@@ -124,8 +156,7 @@ async def test_a_redelivered_or_repeated_event_changes_nothing(
     await probe.client.publish(f"fl/round/{result.round_id}/model_validated", validated, qos=1)
     event = decode(validated, ModelValidated)
     copy = event.model_copy(update={"msg_id": "f" * 32})
-    await probe.client.publish(f"fl/round/{result.round_id}/model_validated", encode(copy),
-                               qos=1)
+    await probe.client.publish(f"fl/round/{result.round_id}/model_validated", encode(copy), qos=1)
     await probe.wait_for(f"fl/round/{result.round_id}/model_validated", 3)
     import asyncio
 

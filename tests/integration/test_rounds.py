@@ -43,8 +43,14 @@ async def test_happy_path_deploys_a_new_version_through_every_canary_stage(
 
     # Assert
     assert result.status == "succeeded", result.failure_reason
-    assert result.steps_done == ["selector", "distributor", "trainer_coordinator", "aggregator",
-                                 "validator", "deployer"]
+    assert result.steps_done == [
+        "selector",
+        "distributor",
+        "trainer_coordinator",
+        "aggregator",
+        "validator",
+        "deployer",
+    ]
     assert result.compensations == []
     assert result.versions["deployed"] == result.versions["active"] == "1.0.0"
     assert result.metrics["accuracy"] >= req.target_accuracy
@@ -57,7 +63,8 @@ async def test_happy_path_deploys_a_new_version_through_every_canary_stage(
     assert 0 < result.bytes["down_vs_float32"] < 0.33
     assert 0 < result.bytes["up_vs_float32"] < 0.33
     record = await saga.store.get_version("digits-mlp", "1.0.0")
-    assert record["status"] == "deployed" and record["round_id"] == req.round_id
+    assert record["status"] == "deployed"
+    assert record["round_id"] == req.round_id
 
 
 async def test_a_second_round_builds_on_the_first_and_gets_a_later_version(
@@ -73,7 +80,9 @@ async def test_a_second_round_builds_on_the_first_and_gets_a_later_version(
     record = await saga.store.get_version("digits-mlp", "1.1.0")
     assert record["parent"] == "1.0.0"
     # devices held 1.0.0, so the round's first payloads were deltas against it
-    assert second.bytes["down_per_device_iteration"] < first.bytes["down_per_device_iteration"] * 1.5
+    assert (
+        second.bytes["down_per_device_iteration"] < first.bytes["down_per_device_iteration"] * 1.5
+    )
 
 
 async def test_insufficient_participation_stops_revokes_releases_in_that_order(
@@ -86,14 +95,18 @@ async def test_insufficient_participation_stops_revokes_releases_in_that_order(
     bad = await saga.run(request(simulate_failure=Chaos.PARTICIPATION), timeout=60)
 
     # Assert
-    assert bad.status == "failed" and bad.failed_step == 3
+    assert bad.status == "failed"
+    assert bad.failed_step == 3
     assert "insufficient participation" in (bad.failure_reason or "")
     assert _order(bad) == [3, 2, 1]
     kinds = [e["kind"] for e in bad.timeline]
     assert kinds.index("round.failed") < kinds.index("step.compensated")
     assert kinds[-1] == "round.completed"
     assert set(bad.participation["failure_reasons"]) <= {
-        "battery_died", "network_timeout", "device_suspended"}
+        "battery_died",
+        "network_timeout",
+        "device_suspended",
+    }
     assert bad.versions["active"] == good.versions["deployed"]
     await eventually(lambda: _all(bad.round_id not in a.models.rounds for a in fleet.agents))
     await eventually(lambda: _no_leases(saga, fleet))
@@ -104,7 +117,8 @@ async def test_validation_failure_compensates_every_step_and_keeps_the_old_versi
 ) -> None:
     result = await saga.run(request(target_accuracy=0.999), timeout=60)
 
-    assert result.status == "failed" and result.failed_step == 5
+    assert result.status == "failed"
+    assert result.failed_step == 5
     assert _order(result) == [5, 4, 3, 2, 1]
     assert "below target" in (result.failure_reason or "")
     assert result.versions["active"] is None
@@ -125,20 +139,26 @@ async def test_canary_health_regression_rolls_back(saga: FedSaga, fleet: Fleet) 
 
     bad = await saga.run(request(simulate_failure=Chaos.DEPLOYMENT), timeout=60)
 
-    assert bad.status == "failed" and bad.failed_step == 6
+    assert bad.status == "failed"
+    assert bad.failed_step == 6
     assert "canary stage 1" in (bad.failure_reason or "")
     assert _order(bad) == [6, 5, 4, 3, 2, 1]
     assert bad.versions["active"] == good.versions["deployed"] == "1.0.0"
     record = await saga.store.get_version("digits-mlp", bad.versions["candidate"] or "")
     assert record["status"] == "rejected"
-    await eventually(lambda: _all(a.models.current is not None
-                                  and a.models.current.version == "1.0.0" for a in fleet.agents))
+    await eventually(
+        lambda: _all(
+            a.models.current is not None and a.models.current.version == "1.0.0"
+            for a in fleet.agents
+        )
+    )
 
 
 async def test_too_few_eligible_devices_fails_at_selection(saga: FedSaga, fleet: Fleet) -> None:
     result = await saga.run(request(min_participating_nodes=50, cohort_size=60), timeout=30)
 
-    assert result.status == "failed" and result.failed_step == 1
+    assert result.status == "failed"
+    assert result.failed_step == 1
     assert _order(result) == [1]
     await eventually(lambda: _no_leases(saga, fleet))
 

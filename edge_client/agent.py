@@ -91,12 +91,36 @@ class DeviceAgent:
             model_digest=current.digest if current else None,
         )
 
-    async def _publish(self, template: str, message: BaseModel, *, retain: bool = False) -> None:
-        if self.client is None:
-            return
-        await self.client.publish(
-            topics.device(template, self.device_id), encode(message), qos=1, retain=retain
-        )  # type: ignore[arg-type]
+    async def _publish(
+        self, template: str, message: BaseModel, *, retain: bool = False, wait_s: float = 0.0
+    ) -> bool:
+        """Publish at QoS 1; while disconnected, keep trying for up to `wait_s` seconds.
+
+        Only background work (training) may wait: a handler in the message loop must not, as
+        the loop is what reconnects.
+        """
+        deadline = time.monotonic() + wait_s
+        while True:
+            client = self.client
+            if client is not None:
+                try:
+                    await client.publish(
+                        topics.device(template, self.device_id),
+                        encode(message),
+                        qos=1,
+                        retain=retain,
+                    )
+                    return True
+                except aiomqtt.MqttError:
+                    pass
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "not sent: broker unreachable",
+                    device_id=self.device_id,
+                    kind=getattr(message, "kind", "?"),
+                )
+                return False
+            await asyncio.sleep(0.1)
 
     async def publish_status(self) -> None:
         """Publish (retained) status: the registry and the selector read it."""
@@ -111,6 +135,7 @@ class DeviceAgent:
         reason: str | None = None,
         version: str | None = None,
         metrics: dict[str, float] | None = None,
+        wait_s: float = 0.0,
     ) -> None:
         """Publish progress, a failure reason or health metrics."""
         await self._publish(
@@ -121,9 +146,10 @@ class DeviceAgent:
                 iteration=iteration,
                 status=status,
                 reason=reason,
-                version=version,  # type: ignore[arg-type]
+                version=version,
                 metrics=metrics or {},
             ),
+            wait_s=wait_s,
         )
 
     # -- the loop -----------------------------------------------------------------------------
@@ -235,7 +261,9 @@ class DeviceAgent:
         match cmd:
             case TrainCommand():
                 if cmd.round_id not in self._training or self._training[cmd.round_id].done():
-                    self._training[cmd.round_id] = asyncio.create_task(self.train(cmd))
+                    task = asyncio.create_task(self.train(cmd))
+                    task.add_done_callback(self._log_crash)
+                    self._training[cmd.round_id] = task
             case StopCommand():
                 await self._cancel(cmd.round_id)
                 await self.report(cmd.round_id, "stopped", reason=cmd.reason)
@@ -249,6 +277,10 @@ class DeviceAgent:
                 if self.models.rollback(cmd.version):
                     await self.publish_status()
                 await self.report(cmd.round_id, "rolled_back", version=cmd.version)
+
+    def _log_crash(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("training crashed", device_id=self.device_id, exc_info=task.exception())
 
     async def _cancel(self, round_id: str) -> None:
         task = self._training.pop(round_id, None)
@@ -275,21 +307,27 @@ class DeviceAgent:
     async def train(self, cmd: TrainCommand) -> None:
         """One local training iteration from the round's weights; publish the update."""
         rid, it = cmd.round_id, cmd.iteration
+
+        def left() -> float:  # this is background work: it may wait out a reconnect
+            return max(0.0, cmd.deadline_ms / 1000 - time.time())
+
         if not self.profile.charging and self.battery < self.profile.pause_below:
             self.state = "paused"
             await self.publish_status()
-            await self.report(rid, "failed", iteration=it, reason="low_battery")
+            await self.report(rid, "failed", iteration=it, reason="low_battery", wait_s=left())
             return
         failure = self._chaos_failure(cmd.chaos)
         if failure is not None:
-            await self.report(rid, "failed", iteration=it, reason=failure)
+            await self.report(rid, "failed", iteration=it, reason=failure, wait_s=left())
             return
-        held = await self._wait_for(cmd.model_digest, cmd.deadline_ms / 1000 - time.time())
+        held = await self._wait_for(cmd.model_digest, left())
         if held is None:
-            await self.report(rid, "failed", iteration=it, reason="model_unavailable")
+            await self.report(
+                rid, "failed", iteration=it, reason="model_unavailable", wait_s=left()
+            )
             return
         self.state = "training"
-        await self.report(rid, "training", iteration=it)
+        await self.report(rid, "training", iteration=it, wait_s=left())
         seed = int(self.rng.integers(2**31))
         corrupt = self.profile.honor_chaos and cmd.chaos == Chaos.VALIDATION
         blob, stats = await asyncio.to_thread(
@@ -318,6 +356,7 @@ class DeviceAgent:
                 train_accuracy=stats.accuracy,
                 blob=blob,
             ),
+            wait_s=left(),
         )
 
     async def deploy(self, cmd: DeployCommand) -> None:

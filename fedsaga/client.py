@@ -7,6 +7,7 @@ async with FedSaga(mqtt_port=..., redis_url=...) as saga:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -21,6 +22,9 @@ from schemas.errors import DecodeError
 from schemas.events import SagaEvent
 from schemas.ops import RoundRequested
 from services.runtime.store import SagaStore
+
+POLL_S = 1.0
+RECONNECT_S = 0.5
 
 
 class FedSaga:
@@ -41,38 +45,60 @@ class FedSaga:
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> FedSaga:
-        self._client = aiomqtt.Client(
-            self.mqtt_host,
-            self.mqtt_port,
-            identifier=f"fedsaga-ops-{uuid.uuid4().hex[:8]}",
-            protocol=ProtocolVersion.V5,
-        )
-        await self._client.__aenter__()
-        await self._client.subscribe(topics.ROUND_ALL, qos=1)
-        await self._client.subscribe(topics.COMPENSATED_ALL, qos=1)
+        await self._connect()
         self._reader = asyncio.create_task(self._read())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._reader is not None:
             self._reader.cancel()
-        if self._client is not None:
-            await self._client.__aexit__(None, None, None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._disconnect()
         await self.store.aclose()
 
+    async def _connect(self) -> None:
+        client = aiomqtt.Client(
+            self.mqtt_host,
+            self.mqtt_port,
+            identifier=f"fedsaga-ops-{uuid.uuid4().hex[:8]}",
+            protocol=ProtocolVersion.V5,
+        )
+        await client.__aenter__()
+        await client.subscribe(topics.ROUND_ALL, qos=1)
+        await client.subscribe(topics.COMPENSATED_ALL, qos=1)
+        self._client = client
+
+    async def _disconnect(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.__aexit__(None, None, None)
+
     async def _read(self) -> None:
-        assert self._client is not None
-        async for message in self._client.messages:
+        """Deliver events to listeners and waiters; reconnect when the broker goes away."""
+        while True:
             try:
-                event: Any = decode(message.payload, SagaEvent)  # type: ignore[arg-type]
-            except DecodeError:
-                continue
-            for listener in self._listeners:
-                listener(message.topic.value, event)
-            if event.kind == "round.completed":
-                waiter = self._waiters.get(event.round_id)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(event)
+                if self._client is None:
+                    await self._connect()
+                assert self._client is not None
+                async for message in self._client.messages:
+                    self._deliver(message.topic.value, message.payload)  # type: ignore[arg-type]
+            except aiomqtt.MqttError:
+                await self._disconnect()
+                await asyncio.sleep(RECONNECT_S)
+
+    def _deliver(self, topic: str, payload: bytes) -> None:
+        try:
+            event: Any = decode(payload, SagaEvent)
+        except DecodeError:
+            return
+        for listener in self._listeners:
+            listener(topic, event)
+        if event.kind == "round.completed":
+            waiter = self._waiters.get(event.round_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(event)
 
     def on_event(self, listener: Callable[[str, Any], None]) -> None:
         """Call `listener(topic, event)` for every saga event seen (progress display)."""
@@ -80,18 +106,29 @@ class FedSaga:
 
     async def start(self, request: RoundRequested) -> None:
         """Publish a round request (fire and forget)."""
-        assert self._client is not None
+        if self._client is None:
+            raise aiomqtt.MqttError("not connected to the broker")
         await self._client.publish(topics.ROUND_START, encode(request), qos=1)
 
     async def run(self, request: RoundRequested, *, timeout: float = 300.0) -> RoundResult:
-        """Start a round and return its result once it completed or was compensated."""
-        done = self._waiters[request.round_id] = asyncio.get_running_loop().create_future()
+        """Start a round and return its result once it completed or was compensated.
+
+        The terminal event usually arrives over MQTT; the round's log in Redis is checked too,
+        so a dropped connection (a broker restart, say) delays the answer by at most a poll.
+        """
+        round_id = request.round_id
+        done = self._waiters[round_id] = asyncio.get_running_loop().create_future()
         try:
             await self.start(request)
-            await asyncio.wait_for(done, timeout)
+            async with asyncio.timeout(timeout):
+                while not done.done():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(done), POLL_S)
+                    if await self.store.last_event_kind(round_id) == "round.completed":
+                        break
         finally:
-            self._waiters.pop(request.round_id, None)
-        return await self.status(request.round_id)
+            self._waiters.pop(round_id, None)
+        return await self.status(round_id)
 
     async def status(self, round_id: str) -> RoundResult:
         """The round as Redis has it now."""

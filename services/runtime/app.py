@@ -111,7 +111,8 @@ class Service:
     step: int | None = None
     compensate: Compensation | None = None
     timers: TimerHandler | None = None
-    on_start: Callable[[Context], Awaitable[None]] | None = None
+    # Runs after each (re)connect, once the journal is replayed: catch up on Redis state.
+    on_connect: Callable[[Context], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         if self.step is not None and self.compensate is not None:
@@ -156,12 +157,37 @@ class Service:
         return list(filters)
 
     async def dispatch(self, message: aiomqtt.Message, ctx: Context) -> None:
-        """Route one message to its handler under the runtime's error policy."""
+        """Journal one message in Redis, handle it, then drop it from the journal.
+
+        paho acknowledges a QoS 1 message as it arrives, before any handler runs; the journal
+        is what lets a service killed (or cut from the broker) mid-handler finish the job when
+        it comes back (`replay`). Handlers are idempotent, so a replay is safe.
+        """
         topic = message.topic.value
-        route = next((r for r in self.routes if message.topic.matches(r.topic)), None)
+        route = self._route(topic)
         if route is None:
             return
         payload = message.payload if isinstance(message.payload, bytes) else b""
+        entry = await ctx.store.journal_add(self.name, ctx.settings.instance, topic, payload)
+        await self._handle(route, topic, payload, ctx)
+        await ctx.store.journal_remove(self.name, ctx.settings.instance, entry)
+
+    async def replay(self, ctx: Context) -> int:
+        """Handle again whatever the journal says was in flight when we last stopped."""
+        entries = await ctx.store.journal(self.name, ctx.settings.instance)
+        for entry, topic, payload in entries:
+            route = self._route(topic)
+            if route is not None:
+                log.info("replaying in-flight message", topic=topic)
+                await self._handle(route, topic, payload, ctx)
+            await ctx.store.journal_remove(self.name, ctx.settings.instance, entry)
+        return len(entries)
+
+    def _route(self, topic: str) -> Route | None:
+        return next((r for r in self.routes if aiomqtt.Topic(topic).matches(r.topic)), None)
+
+    async def _handle(self, route: Route, topic: str, payload: bytes, ctx: Context) -> None:
+        """Decode, dedupe and call the handler under the runtime's error policy."""
         try:
             obj = decode_any(payload, route.model)
         except DecodeError as exc:
@@ -178,6 +204,8 @@ class Service:
                 await route.handler(obj, ctx)
             except Rejected as exc:
                 await ctx.reject(topic, exc.reason, round_id)
+            except aiomqtt.MqttError:
+                raise  # the connection is gone: the journal keeps the message for replay
             except RetryLater as exc:
                 log.info("retry later", defer_ms=exc.defer_ms)
                 await asyncio.sleep(exc.defer_ms / 1000)
@@ -197,7 +225,8 @@ class Service:
                     try:
                         await self.timers(round_id, tag, ctx)
                     except Exception:
-                        log.exception("timer failed")
+                        log.exception("timer failed; retrying in 1 s")
+                        await ctx.store.schedule(self.name, round_id, tag, now_ms() + 1000)
             await asyncio.sleep(ctx.settings.timer_poll_ms / 1000)
 
     async def run(self, settings: Settings, *, ready: asyncio.Event | None = None) -> None:
@@ -218,13 +247,15 @@ class Service:
                         clean_start=False,  # keep the broker session across restarts
                         properties=props,
                         keepalive=15,
+                        timeout=5,  # a publish into a dead connection fails within 5 s
                     ) as client:
                         ctx.client = client
                         for sub in self._subscriptions(settings):
                             await client.subscribe(sub, qos=1)
-                        if self.on_start is not None:
-                            await self.on_start(ctx)
-                        log.info("serving", subscriptions=len(self.routes))
+                        replayed = await self.replay(ctx)
+                        if self.on_connect is not None:
+                            await self.on_connect(ctx)
+                        log.info("serving", subscriptions=len(self.routes), replayed=replayed)
                         if ready is not None:
                             ready.set()
                         backoff = 0.2

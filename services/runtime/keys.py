@@ -97,6 +97,11 @@ def seen(service: str, msg_id: str) -> str:
     return f"{PREFIX}:seen:{service}:{msg_id}"
 
 
+def inflight(service: str, instance: str) -> str:
+    """Hash: messages a service instance is handling (replayed after a crash)."""
+    return f"{PREFIX}:inflight:{service}:{instance}"
+
+
 def timers(service: str) -> str:
     """Sorted set: `round_id|tag` due at score (ms)."""
     return f"{PREFIX}:timers:{service}"

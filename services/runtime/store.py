@@ -7,6 +7,7 @@ what it expects to find and applies only if it does, so a redelivered event chan
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -144,6 +145,11 @@ class SagaStore:
                 }
             )
         return out
+
+    async def last_event_kind(self, round_id: str) -> str | None:
+        """Kind of the newest event in the round's log."""
+        last = await self.redis.xrevrange(keys.round_events(round_id), count=1)
+        return last[0][1][b"kind"].decode() if last else None
 
     async def rounds(self) -> list[str]:
         """Every known round id, oldest first."""
@@ -283,6 +289,26 @@ class SagaStore:
         await self.redis.set(keys.active_version(model), ver)
 
     # -- at-least-once dedupe and timers -------------------------------------------------------
+
+    async def journal_add(self, service: str, instance: str, topic: str, payload: bytes) -> str:
+        """Record a message as in flight for this service instance; returns its entry id."""
+        entry = uuid.uuid4().hex
+        key = keys.inflight(service, instance)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, entry, pack([now_ms(), topic, payload]))
+            pipe.expire(key, self.ttl_s)
+            await pipe.execute()
+        return entry
+
+    async def journal_remove(self, service: str, instance: str, entry: str) -> None:
+        """The message is handled: forget it."""
+        await self.redis.hdel(keys.inflight(service, instance), entry)
+
+    async def journal(self, service: str, instance: str) -> list[tuple[str, str, bytes]]:
+        """Messages in flight when this instance last stopped, oldest first."""
+        raw = await self.redis.hgetall(keys.inflight(service, instance))
+        items = sorted((unpack(v), k.decode()) for k, v in raw.items())
+        return [(entry, topic, payload) for (_, topic, payload), entry in items]
 
     async def seen(self, service: str, msg_id: str) -> bool:
         """Whether this service already handled the message."""

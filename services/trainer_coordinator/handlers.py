@@ -89,10 +89,33 @@ async def _mark_failed(
         await close_if_settled(round_id, iteration, ctx)
 
 
+async def reconcile(round_id: str, iteration: int, ctx: Context) -> None:
+    """Count as done every device whose update is in the aggregate, event seen or not.
+
+    The accumulator's contributor set in Redis is the truth; UpdateReceived is only the
+    trigger. An event lost (mosquitto drops messages for sessions restored after a broker
+    restart until their client reconnects) must not fail a device that did its part.
+    """
+    it_key = keys.iteration(round_id, iteration)
+    for device_id in await ctx.store.smembers(keys.contributors(round_id, iteration)):
+        await ctx.store.hcas(it_key, device_id, TRAINING, DONE)
+    await close_if_settled(round_id, iteration, ctx)
+
+
+async def on_connect(ctx: Context) -> None:
+    """After (re)connecting, settle what may have happened while we were away."""
+    for round_id in await ctx.store.rounds():
+        state = await ctx.store.get_round(round_id)
+        it = state.get("iteration", "0")
+        if state.get("status") == "running" and f"training_{it}" in state:
+            await reconcile(round_id, int(it), ctx)
+
+
 async def on_timer(round_id: str, tag: str, ctx: Context) -> None:
     """The iteration's deadline passed: whoever is still training has failed it."""
     iteration = int(tag.split(":")[1])
     it_key = keys.iteration(round_id, iteration)
+    await reconcile(round_id, iteration, ctx)
     for device_id, state in (await ctx.store.hgetall(it_key)).items():
         if state == TRAINING:
             await ctx.store.hcas(it_key, device_id, TRAINING, "failed:deadline_passed")
@@ -153,6 +176,7 @@ service = Service(
     step=Step.TRAIN,
     compensate=stop_training,
     timers=on_timer,
+    on_connect=on_connect,
     routes=[
         Route(
             topics.round_filter(WeightsDistributed.topic_name),

@@ -89,34 +89,26 @@ def service(name: str) -> None:
 @round_app.command("start")
 def round_start(
     round_id: str,
-    model_name: str = "digits-mlp",
+    model_name: str | None = None,
     model_version: str | None = None,
-    target_accuracy: float = 0.9,
-    min_participating_nodes: int = 3,
-    training_rounds: int = 25,
-    simulate_failure: Chaos = Chaos.NONE,
-    cohort_size: int = 30,
-    local_epochs: int = 5,
-    batch_size: int = 16,
-    learning_rate: float = 0.3,
+    target_accuracy: float | None = None,
+    min_participating_nodes: int | None = None,
+    training_rounds: int | None = None,
+    simulate_failure: Chaos | None = None,
+    cohort_size: int | None = None,
+    local_epochs: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
     wait: Annotated[bool, typer.Option(help="wait for the result and print it")] = False,
 ) -> None:
-    """Publish a round request (and optionally wait for its result)."""
+    """Publish a round request (and optionally wait for its result).
+
+    Options left out take RoundRequested's defaults (the same a JSON request gets).
+    """
     from fedsaga.client import FedSaga
 
-    request = RoundRequested(
-        round_id=round_id,
-        model_name=model_name,
-        model_version=model_version,
-        target_accuracy=target_accuracy,
-        min_participating_nodes=min_participating_nodes,
-        training_rounds=training_rounds,
-        simulate_failure=simulate_failure,
-        cohort_size=cohort_size,
-        local_epochs=local_epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-    )
+    given = {k: v for k, v in locals().items() if v is not None and k != "wait"}
+    request = RoundRequested.model_validate(given)
 
     async def go() -> None:
         async with FedSaga(**_conn()) as saga:  # type: ignore[arg-type]

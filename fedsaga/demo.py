@@ -106,6 +106,11 @@ class Timeline:
             detail = f"iteration {event.iteration} -> {len(event.recipients)} devices"
         elif event.kind in ("round.failed", "step.compensated"):
             detail = getattr(event, "reason", "") or getattr(event, "detail", "")
+        elif event.kind == "canary.stage_passed":
+            detail = (
+                f"v{event.version} at {event.percent}%: "
+                f"{event.healthy}/{event.devices} new devices healthy"
+            )
         elif event.kind == "model.validated":
             detail = f"v{event.version} accuracy {event.metrics['accuracy']:.3f}"
         elif event.kind == "round.completed":

@@ -20,6 +20,7 @@ from schemas.device import (
 )
 from schemas.errors import DecodeError, SchemaError
 from schemas.events import (
+    CanaryStagePassed,
     ErrorReport,
     Event,
     IterationCompleted,
@@ -41,6 +42,7 @@ from schemas.steps import STEP_NAMES, Step
 
 __all__ = [
     "STEP_NAMES",
+    "CanaryStagePassed",
     "Chaos",
     "DecodeError",
     "DeployCommand",

@@ -97,6 +97,18 @@ class ModelDeployed(Event):
     devices: int
 
 
+class CanaryStagePassed(Event):
+    """One canary stage's devices run the new version and reported healthy enough."""
+
+    topic_name: ClassVar[str] = "canary_stage_passed"
+    kind: Literal["canary.stage_passed"] = "canary.stage_passed"
+    version: str
+    stage: int = Field(ge=1)
+    percent: int = Field(ge=1, le=100)
+    devices: int = Field(ge=0)
+    healthy: int = Field(ge=0)
+
+
 class RoundCompleted(Event):
     """Terminal event of a round, success or compensated failure."""
 
@@ -144,6 +156,7 @@ SagaEvent = Annotated[
     | IterationCompleted
     | ModelAggregated
     | ModelValidated
+    | CanaryStagePassed
     | ModelDeployed
     | RoundCompleted
     | RoundFailed

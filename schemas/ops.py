@@ -30,14 +30,15 @@ class RoundRequested(Message):
     model_version: str | None = Field(
         default=None, description="version to start from; the active version when omitted"
     )
+    # Defaults: bench/tune_digits.py's choice for the digits MLP on a non-IID fleet.
     target_accuracy: float = Field(default=0.9, ge=0.0, le=1.0)
     min_participating_nodes: int = Field(default=3, ge=1)
-    training_rounds: int = Field(default=5, ge=1, le=1000)
+    training_rounds: int = Field(default=25, ge=1, le=1000)
     simulate_failure: Chaos = Chaos.NONE
-    cohort_size: int = Field(default=10, ge=1, le=100_000)
-    local_epochs: int = Field(default=1, ge=1, le=100)
-    batch_size: int = Field(default=32, ge=1, le=4096)
-    learning_rate: float = Field(default=0.1, gt=0.0, le=10.0)
+    cohort_size: int = Field(default=30, ge=1, le=100_000)
+    local_epochs: int = Field(default=5, ge=1, le=100)
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    learning_rate: float = Field(default=0.3, gt=0.0, le=10.0)
     iteration_timeout_ms: int = Field(default=10_000, ge=100, le=3_600_000)
     layer_sizes: tuple[int, ...] = Field(
         default=(64, 32, 10), description="architecture when the model has no version yet"

@@ -17,7 +17,7 @@ import numpy as np
 from schemas import topics
 from schemas.base import now_ms
 from schemas.device import DeployCommand, DeviceReport, RollbackCommand
-from schemas.events import ModelDeployed, ModelValidated, RoundCompleted
+from schemas.events import CanaryStagePassed, ModelDeployed, ModelValidated, RoundCompleted
 from schemas.steps import Step
 from services.runtime import Context, Rejected, Route, Service, keys
 from services.runtime.weights import device_bases, send_weights
@@ -121,8 +121,8 @@ async def check_stage(round_id: str, stage: int, ctx: Context, *, timed_out: boo
         return
     await ctx.store.cancel(ctx.service, round_id, f"stage:{stage}")
     unhealthy = sum(s != "ok" for s in states)
+    pct = ctx.settings.canary_stages[stage - 1]
     if states and unhealthy / len(states) > MAX_UNHEALTHY:
-        pct = ctx.settings.canary_stages[stage - 1]
         await ctx.fail(
             round_id,
             Step.DEPLOY,
@@ -130,6 +130,17 @@ async def check_stage(round_id: str, stage: int, ctx: Context, *, timed_out: boo
             f"unhealthy ({', '.join(sorted(set(states) - {'ok'}))})",
         )
         return
+    version = (await ctx.store.get_round(round_id))["candidate_version"]
+    await ctx.emit(
+        CanaryStagePassed(
+            round_id=round_id,
+            version=version,
+            stage=stage,
+            percent=pct,
+            devices=len(states),
+            healthy=len(states) - unhealthy,
+        )
+    )
     if stage < len(ctx.settings.canary_stages):
         await start_stage(round_id, stage + 1, ctx)
         return

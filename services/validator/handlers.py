@@ -7,6 +7,7 @@ the round fails here. Compensation records the failure with its metrics.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 
@@ -129,10 +130,16 @@ async def record_failure(round_id: str, ctx: Context) -> str:
     return f"recorded validation failure (metrics {metrics})"
 
 
+async def warm_up(ctx: Context) -> None:
+    """Load the holdout set before the first candidate arrives."""
+    await asyncio.to_thread(holdout, ctx.settings.data_seed, ctx.settings.holdout_fraction)
+
+
 service = Service(
     name="validator",
     step=Step.VALIDATE,
     compensate=record_failure,
+    on_connect=warm_up,
     routes=[
         Route(
             topics.round_filter(ModelAggregated.topic_name), ModelAggregated, on_model_aggregated

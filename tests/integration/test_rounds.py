@@ -10,7 +10,7 @@ from edge_client.fleet import Fleet
 from fedsaga.client import FedSaga
 from schemas.ops import Chaos
 from services.runtime import keys
-from tests.integration.conftest import request
+from tests.integration.conftest import Probe, request
 
 
 async def _all(values: Iterable[bool]) -> bool:
@@ -65,6 +65,29 @@ async def test_happy_path_deploys_a_new_version_through_every_canary_stage(
     record = await saga.store.get_version("digits-mlp", "1.0.0")
     assert record["status"] == "deployed"
     assert record["round_id"] == req.round_id
+    assert record["digest"] == (await saga.store.get_round(req.round_id))["candidate_digest"]
+    stages = [
+        e for e in await saga.store.events(req.round_id) if e["kind"] == "canary.stage_passed"
+    ]
+    # 12 devices: 10% -> 2, 50% -> 6, 100% -> 12, each stage adding its new devices
+    assert [(e["percent"], e["devices"]) for e in stages] == [(10, 2), (50, 4), (100, 6)]
+
+
+async def test_ops_start_a_round_with_plain_json_as_mosquitto_pub_sends_it(
+    saga: FedSaga, fleet: Fleet, probe: Probe
+) -> None:
+    # Execute: what `mosquitto_pub -t fl/ops/round/start -m '{...}'` publishes
+    body = b'{"round_id": "json-1", "training_rounds": 2, "target_accuracy": 0.5}'
+    await probe.client.publish("fl/ops/round/start", body, qos=1)
+
+    # Assert
+    async def done() -> bool:
+        return await saga.store.last_event_kind("json-1") == "round.completed"
+
+    await eventually(done, timeout=30)
+    result = await saga.status("json-1")
+    assert result.status == "succeeded", result.failure_reason
+    assert result.participation["cohort"] == 12
 
 
 async def test_a_second_round_builds_on_the_first_and_gets_a_later_version(

@@ -115,6 +115,9 @@ def _samples() -> list[Message]:
             parent_version="1.2.0",
             metrics={"accuracy": 0.91, "loss": 0.3},
         ),
+        events.CanaryStagePassed(
+            round_id="r-1", version="1.3.0", stage=2, percent=50, devices=4, healthy=4
+        ),
         ModelDeployed(round_id="r-1", version="1.3.0", stages=[10, 50, 100], devices=9),
         RoundCompleted(round_id="r-1", outcome="failed", version="1.2.0", reason="quorum"),
         RoundFailed(round_id="r-1", step=3, reason="only 1 of 2 participants"),

@@ -87,7 +87,7 @@ def test_simulate_failure_rejects_anything_else(value: object) -> None:
         RoundRequested(round_id="r1", simulate_failure=value)
 
 
-def test_request_defaults_match_the_seed() -> None:
+def test_request_defaults_are_the_tuned_digits_settings() -> None:
     # Prepare: nothing
 
     # Execute
@@ -97,7 +97,8 @@ def test_request_defaults_match_the_seed() -> None:
     assert request.kind == "round.requested"
     assert request.target_accuracy == 0.9
     assert request.min_participating_nodes == 3
-    assert request.training_rounds == 5
+    assert request.training_rounds == 25
+    assert (request.local_epochs, request.batch_size, request.learning_rate) == (5, 16, 0.3)
     assert request.simulate_failure is Chaos.NONE
     assert request.model_version is None
 

@@ -1,0 +1,63 @@
+"""The server-side rule of a federated iteration, as a small ABC (cf. Flower's Strategy).
+
+A strategy turns one iteration's client updates (deltas against the global model they started
+from, with example counts) into the next global model. Strategies that keep state across
+iterations (server momentum, adaptive moments) keep it on the instance. Wrappers (differential
+privacy, norm bounding) take another strategy and delegate to it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from federated.aggregate import FedAvgAccumulator
+from federated.params import Params, add, flatten, spec_of, unflatten
+
+
+@dataclass(frozen=True)
+class Update:
+    """One client's contribution: its delta against the global model, and its weight."""
+
+    delta: Params
+    num_examples: int
+    client_id: int = -1
+
+
+class Strategy(ABC):
+    """Server rule: global model + this iteration's updates -> next global model."""
+
+    #: Whether `aggregate` needs every update at once (robust rules); such a strategy bounds
+    #: its memory by `max_updates` and the caller must not pass more.
+    needs_all_updates: bool = False
+
+    @abstractmethod
+    def aggregate(
+        self, global_params: Params, updates: Sequence[Update], rng: np.random.Generator
+    ) -> Params:
+        """Return the next global model."""
+
+
+def weighted_mean_delta(updates: Sequence[Update]) -> np.ndarray:
+    """Example-weighted mean of the updates' flat deltas, streamed (memory O(model))."""
+    acc = FedAvgAccumulator()
+    for u in updates:
+        acc.add(flatten(u.delta), u.num_examples)
+    return acc.mean()
+
+
+class FedAvg(Strategy):
+    """McMahan et al. 2017: the global model moves by the example-weighted mean delta."""
+
+    def __init__(self, server_lr: float = 1.0) -> None:
+        self.server_lr = server_lr
+
+    def aggregate(
+        self, global_params: Params, updates: Sequence[Update], rng: np.random.Generator
+    ) -> Params:
+        """Global + server_lr * weighted mean of deltas."""
+        step = self.server_lr * weighted_mean_delta(updates)
+        return add(global_params, unflatten(step.astype(np.float32), spec_of(global_params)))

@@ -15,6 +15,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prefix", default="dev", help="device ids are PREFIX-0000, ...")
+    parser.add_argument("--slowdown", type=float, default=0.0, help="extra seconds per training")
     args = parser.parse_args()
     host = os.environ.get("FEDSAGA_MQTT_HOST", "127.0.0.1")
     port = int(os.environ.get("FEDSAGA_MQTT_PORT", "1883"))
@@ -23,6 +24,7 @@ def main() -> None:
         alpha=args.alpha,
         seed=args.seed,
         prefix=args.prefix,
+        slowdown_s=args.slowdown,
         low_battery_share=float(os.environ.get("FEDSAGA_LOW_BATTERY_SHARE", "0.1")),
         data_seed=int(os.environ.get("FEDSAGA_DATA_SEED", "0")),
     )

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import aiomqtt
 import numpy as np
@@ -72,6 +74,8 @@ class DeviceAgent:
         self.connected = asyncio.Event()
         self._arrived = asyncio.Condition()
         self._training: dict[str, asyncio.Task[None]] = {}
+        self._trained: set[tuple[str, int]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.state: DeviceState = "idle"
 
     # -- wire helpers -----------------------------------------------------------------------
@@ -156,16 +160,18 @@ class DeviceAgent:
 
     async def run(self) -> None:
         """Stay connected (reconnecting), handling commands and payloads until cancelled."""
-        will = Will(
-            topics.device(topics.DEVICE_STATUS, self.device_id),
-            encode(self.status("offline")),
-            qos=1,
-            retain=True,
-        )
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
         try:
             while True:
+                # A fresh will (and msg_id) per connection: services deduplicate by msg_id,
+                # so a second crash must not look like a redelivery of the first.
+                will = Will(
+                    topics.device(topics.DEVICE_STATUS, self.device_id),
+                    encode(self.status("offline")),
+                    qos=1,
+                    retain=True,
+                )
                 try:
                     async with aiomqtt.Client(
                         self.host,
@@ -193,7 +199,7 @@ class DeviceAgent:
                     self.connected.clear()
                     await asyncio.sleep(0.5)
         finally:
-            for task in self._training.values():
+            for task in [*self._training.values(), *self._tasks]:
                 task.cancel()
 
     async def go_offline(self) -> None:
@@ -260,10 +266,10 @@ class DeviceAgent:
         """React to a service's command."""
         match cmd:
             case TrainCommand():
-                if cmd.round_id not in self._training or self._training[cmd.round_id].done():
-                    task = asyncio.create_task(self.train(cmd))
-                    task.add_done_callback(self._log_crash)
-                    self._training[cmd.round_id] = task
+                # A repeated command (redelivery, a coordinator's replay) trains nothing twice.
+                if (cmd.round_id, cmd.iteration) not in self._trained:
+                    self._trained.add((cmd.round_id, cmd.iteration))
+                    self._training[cmd.round_id] = self._spawn(self.train(cmd))
             case StopCommand():
                 await self._cancel(cmd.round_id)
                 await self.report(cmd.round_id, "stopped", reason=cmd.reason)
@@ -272,11 +278,19 @@ class DeviceAgent:
                 self.models.revoke(cmd.round_id)
                 await self.report(cmd.round_id, "revoked", reason=cmd.reason)
             case DeployCommand():
-                await self.deploy(cmd)
+                # It may wait for its payload, which this very loop delivers: run it aside.
+                self._spawn(self.deploy(cmd))
             case RollbackCommand():
                 if self.models.rollback(cmd.version):
                     await self.publish_status()
                 await self.report(cmd.round_id, "rolled_back", version=cmd.version)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._log_crash)
+        return task
 
     def _log_crash(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -341,6 +355,8 @@ class DeviceAgent:
             seed=seed,
             corrupt=corrupt,
         )
+        if self.profile.slowdown_s:
+            await asyncio.sleep(self.profile.slowdown_s)  # slow hardware, simulated
         if not self.profile.charging:
             self.battery = max(0.0, self.battery - self.profile.drain_per_iteration)
         self.state = "idle"

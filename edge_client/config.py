@@ -26,6 +26,7 @@ class DeviceProfile(BaseModel):
     memory_mb: int = 1024
     failures: FailureRates = FailureRates()
     drain_per_iteration: float = 0.002
+    slowdown_s: float = Field(default=0.0, ge=0.0)  # extra seconds per training (slow device)
     pause_below: float = 0.15
     # When a round asks for chaos, the share of devices that act it out.
     chaos_share: float = 0.8

@@ -29,6 +29,7 @@ class FleetSpec:
     failures: FailureRates = field(default_factory=FailureRates)
     low_battery_share: float = 0.1
     prefix: str = "dev"  # device ids are f"{prefix}-{i:04d}"
+    slowdown_s: float = 0.0  # extra seconds each device takes per training
 
 
 def device_data(spec: FleetSpec) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -56,6 +57,7 @@ def profiles(spec: FleetSpec) -> list[DeviceProfile]:
                 network="wifi" if rng.random() < 0.8 else "cellular",
                 memory_mb=int(rng.integers(256, 4096)),
                 failures=spec.failures,
+                slowdown_s=spec.slowdown_s,
             )
         )
     return out

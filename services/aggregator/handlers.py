@@ -13,7 +13,7 @@ from redis.exceptions import WatchError
 
 from federated.aggregate import FedAvgAccumulator
 from federated.errors import NumericsError, PayloadError
-from federated.params import add, flatten, spec_of, unflatten
+from federated.params import add, check_finite, flatten, spec_of, unflatten
 from federated.payload import PayloadLimits, read_payload
 from schemas import topics
 from schemas.device import DeviceUpdate
@@ -38,12 +38,18 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
         raise StaleRound(f"round {round_id} is {state.get('status', 'unknown')}")
     if not await ctx.store.redis.sismember(keys.cohort(round_id), update.device_id):
         raise Rejected(f"device {update.device_id} was not selected for round {round_id}")
-    if it != int(state.get("iteration", -1)) or f"closed_{it}" in state:
+    if it != int(state.get("iteration", -1)) or f"closing_{it}" in state:
         raise StaleRound(f"iteration {it} is not open (current {state.get('iteration')})")
     held = await ctx.store.redis.hget(keys.held(round_id), update.device_id)
     if held is None or held.decode() != update.base_digest:
         raise Rejected("update is not against the model this device was sent")
-    global_params = await ctx.store.get_params(state["global_digest"])
+    registered = await ctx.store.device(update.device_id)
+    if registered is not None and update.num_examples > registered.num_examples:
+        raise Rejected(
+            f"num_examples {update.num_examples} exceeds the {registered.num_examples} "
+            "the device registered"
+        )
+    global_params = await ctx.store.get_params(state[f"base_{it}"])
     if global_params is None:
         raise Rejected("global model missing")
     try:
@@ -77,15 +83,24 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
 async def _accumulate(
     round_id: str, it: int, device_id: str, delta: np.ndarray, n: int, ctx: Context
 ) -> bool:
-    """Add one update to the running sum unless it is already there; atomic across instances."""
+    """Add one update to the running sum unless it is already there; atomic across instances.
+
+    The transaction also watches the round and the iteration's device states, so it cannot
+    commit once the coordinator fenced the iteration (`closing_{it}`) or gave up on the device.
+    """
     acc_key, contrib_key = keys.accumulator(round_id, it), keys.contributors(round_id, it)
+    round_key, it_key = keys.round_hash(round_id), keys.iteration(round_id, it)
     redis = ctx.store.redis
     for _ in range(_RETRIES):
         async with redis.pipeline(transaction=True) as pipe:
             try:
-                await pipe.watch(acc_key, contrib_key)
+                await pipe.watch(acc_key, contrib_key, round_key, it_key)
                 if await pipe.sismember(contrib_key, device_id):
                     return False
+                if await pipe.hexists(round_key, f"closing_{it}"):
+                    raise StaleRound(f"iteration {it} closed while the update was checked")
+                if await pipe.hget(it_key, device_id) != b"training":
+                    raise StaleRound(f"device {device_id} is not training in iteration {it}")
                 raw = await pipe.get(acc_key)
                 acc = FedAvgAccumulator.from_bytes(raw) if raw else FedAvgAccumulator()
                 acc.add(delta, n)
@@ -103,37 +118,47 @@ async def _accumulate(
 async def on_training_completed(event: TrainingCompleted, ctx: Context) -> None:
     """Apply the iteration's FedAvg to the global model; emit the next step's event."""
     round_id, it = event.round_id, event.iteration
+    request = await ctx.store.request_of(round_id)
+    final = it + 1 >= request["training_rounds"]
+    announced = ModelAggregated if final else IterationCompleted
+    if await ctx.republish(round_id, f"aggregated_{it}", announced) is not None:
+        return
     state = await ctx.store.get_round(round_id)
-    if state.get("status") != "running" or f"aggregated_{it}" in state:
+    if state.get("status") != "running":
         return
     raw = await ctx.store.redis.get(keys.accumulator(round_id, it))
-    if raw is None:
-        raise Rejected(f"iteration {it} has no accumulated updates")
-    acc = FedAvgAccumulator.from_bytes(raw)
     contributors = set(await ctx.store.smembers(keys.contributors(round_id, it)))
-    if not set(event.participants) <= contributors:
-        raise Rejected("participants missing from the aggregate")
-    current = await ctx.store.get_params(state["global_digest"])
-    if current is None:
-        raise Rejected("global model missing")
+    current = await ctx.store.get_params(state[f"base_{it}"])
+    if raw is None or current is None or not set(event.participants) <= contributors:
+        await ctx.fail(round_id, Step.AGGREGATE, f"iteration {it}: aggregate or base missing")
+        return
+    acc = FedAvgAccumulator.from_bytes(raw)
+    # From the pinned base, so a replay computes the same model instead of stepping twice.
     new_global = add(current, unflatten(acc.mean(), spec_of(current)))
+    try:
+        check_finite(new_global)
+    except NumericsError as exc:
+        await ctx.fail(round_id, Step.AGGREGATE, f"iteration {it}: {exc}")
+        return
     new_digest = await ctx.store.put_params(new_global)
-    request = await ctx.store.request_of(round_id)
     await ctx.store.set_fields(round_id, global_digest=new_digest)
-    if it + 1 < request["training_rounds"]:
+    if not final:
         await ctx.store.set_fields(round_id, step=Step.DISTRIBUTE)
-        await ctx.emit(
+        await ctx.emit_once(
+            f"aggregated_{it}",
             IterationCompleted(
                 round_id=round_id,
                 iteration=it,
                 global_digest=new_digest,
                 num_examples=int(acc.total_weight),
-            )
+            ),
         )
     else:
         await ctx.store.set_fields(round_id, step=Step.VALIDATE, candidate_digest=new_digest)
-        await ctx.emit(ModelAggregated(round_id=round_id, iterations=it + 1, digest=new_digest))
-    await ctx.store.mark_once(round_id, f"aggregated_{it}")
+        await ctx.emit_once(
+            f"aggregated_{it}",
+            ModelAggregated(round_id=round_id, iterations=it + 1, digest=new_digest),
+        )
 
 
 async def discard(round_id: str, ctx: Context) -> str:

@@ -19,7 +19,7 @@ from schemas.base import now_ms
 from schemas.device import DeployCommand, DeviceReport, RollbackCommand
 from schemas.events import CanaryStagePassed, ModelDeployed, ModelValidated, RoundCompleted
 from schemas.steps import Step
-from services.runtime import Context, Rejected, Route, Service, keys
+from services.runtime import Context, Route, Service, keys
 from services.runtime.weights import device_bases, send_weights
 
 MAX_UNHEALTHY = 0.2
@@ -37,6 +37,9 @@ async def on_model_validated(event: ModelValidated, ctx: Context) -> None:
         return
     if "deploy_fleet" not in state:
         online = sorted(d.device_id for d in await ctx.store.devices() if d.state != "offline")
+        if not online:
+            await ctx.fail(event.round_id, Step.DEPLOY, "no online device to deploy to")
+            return
         seed = (await ctx.store.request_of(event.round_id))["seed"]
         fleet = [online[i] for i in np.random.default_rng(seed).permutation(len(online))]
         await ctx.store.hsetnx(keys.round_hash(event.round_id), "deploy_fleet", json.dumps(fleet))
@@ -44,20 +47,27 @@ async def on_model_validated(event: ModelValidated, ctx: Context) -> None:
 
 
 async def start_stage(round_id: str, stage: int, ctx: Context) -> None:
-    """Deploy to the devices that stage `stage` adds (once)."""
-    if not await ctx.store.mark_once(round_id, f"stage_{stage}"):
-        return
+    """Deploy to the devices that stage `stage` adds (idempotent: a replay resends the same)."""
     state = await ctx.store.get_round(round_id)
+    if f"started_{stage}" in state or state.get("status") != "running":
+        return
     fleet = json.loads(state["deploy_fleet"])
     sizes = stage_sizes(len(fleet), ctx.settings.canary_stages)
     new = fleet[(sizes[stage - 2] if stage > 1 else 0) : sizes[stage - 1]]
     version, digest = state["candidate_version"], state["candidate_digest"]
     target = await ctx.store.get_params(digest)
     if target is None:
-        raise Rejected(f"candidate {digest} is missing")
-    await ctx.store.hset(keys.deployment(round_id), {d: f"pending:{stage}" for d in new})
+        await ctx.fail(round_id, Step.DEPLOY, f"candidate {digest} is missing")
+        return
+    for device_id in new:  # never overwrite a health report a device already sent
+        await ctx.store.hsetnx(keys.deployment(round_id), device_id, f"pending:{stage}")
     await ctx.store.set_fields(round_id, deploy_stage=stage)
-    await ctx.schedule(round_id, f"stage:{stage}", now_ms() + ctx.settings.canary_timeout_ms)
+    round_key = keys.round_hash(round_id)
+    await ctx.store.hsetnx(
+        round_key, f"stage_deadline_{stage}", str(now_ms() + ctx.settings.canary_timeout_ms)
+    )
+    deadline = int((await ctx.store.get_round(round_id))[f"stage_deadline_{stage}"])
+    await ctx.schedule(round_id, f"stage:{stage}", deadline)
     chaos = (await ctx.store.request_of(round_id))["simulate_failure"]
     sent = await send_weights(
         ctx,
@@ -80,6 +90,7 @@ async def start_stage(round_id: str, stage: int, ctx: Context) -> None:
             ),
         )
     ctx.log.info("canary stage started", stage=stage, devices=len(new), fleet=len(fleet))
+    await ctx.store.mark_once(round_id, f"started_{stage}")
     await check_stage(round_id, stage, ctx)
 
 
@@ -109,38 +120,46 @@ async def on_timer(round_id: str, tag: str, ctx: Context) -> None:
 
 
 async def check_stage(round_id: str, stage: int, ctx: Context, *, timed_out: bool = False) -> None:
-    """Pass or fail a stage once every device reported (or it timed out)."""
-    states = [
-        s.split(":")[0]
-        for s in (await ctx.store.hgetall(keys.deployment(round_id))).values()
-        if s.endswith(f":{stage}")
-    ]
-    if "pending" in states and not timed_out:
-        return
-    if not await ctx.store.mark_once(round_id, f"judged_{stage}"):
-        return
-    await ctx.store.cancel(ctx.service, round_id, f"stage:{stage}")
-    unhealthy = sum(s != "ok" for s in states)
-    pct = ctx.settings.canary_stages[stage - 1]
-    if states and unhealthy / len(states) > MAX_UNHEALTHY:
-        await ctx.fail(
-            round_id,
-            Step.DEPLOY,
-            f"canary stage {stage} ({pct}%): {unhealthy}/{len(states)} devices "
-            f"unhealthy ({', '.join(sorted(set(states) - {'ok'}))})",
+    """Pass or fail a stage once every device reported (or it timed out).
+
+    A pass is recorded once; a replay re-announces it and carries on (the next stage and
+    `finish` are idempotent). A stage whose judgement is already recorded is not judged again.
+    """
+    passed = await ctx.republish(round_id, f"stage_passed_{stage}", CanaryStagePassed)
+    state = await ctx.store.get_round(round_id)
+    if passed is None:
+        if state.get("status") != "running":
+            return
+        states = [
+            s.split(":")[0]
+            for s in (await ctx.store.hgetall(keys.deployment(round_id))).values()
+            if s.endswith(f":{stage}")
+        ]
+        if "pending" in states and not timed_out:
+            return
+        await ctx.store.cancel(ctx.service, round_id, f"stage:{stage}")
+        unhealthy = sum(s != "ok" for s in states)
+        pct = ctx.settings.canary_stages[stage - 1]
+        # A stage may add no device on a tiny fleet (10% and 50% of 1); it passes.
+        if states and unhealthy / len(states) > MAX_UNHEALTHY:
+            await ctx.fail(
+                round_id,
+                Step.DEPLOY,
+                f"canary stage {stage} ({pct}%): {unhealthy}/{len(states)} devices "
+                f"unhealthy ({', '.join(sorted(set(states) - {'ok'}))})",
+            )
+            return
+        await ctx.emit_once(
+            f"stage_passed_{stage}",
+            CanaryStagePassed(
+                round_id=round_id,
+                version=state["candidate_version"],
+                stage=stage,
+                percent=pct,
+                devices=len(states),
+                healthy=len(states) - unhealthy,
+            ),
         )
-        return
-    version = (await ctx.store.get_round(round_id))["candidate_version"]
-    await ctx.emit(
-        CanaryStagePassed(
-            round_id=round_id,
-            version=version,
-            stage=stage,
-            percent=pct,
-            devices=len(states),
-            healthy=len(states) - unhealthy,
-        )
-    )
     if stage < len(ctx.settings.canary_stages):
         await start_stage(round_id, stage + 1, ctx)
         return
@@ -151,22 +170,28 @@ async def finish(round_id: str, ctx: Context) -> None:
     """Every stage passed: the version becomes active and the round succeeds."""
     state = await ctx.store.get_round(round_id)
     model, version = state["model_name"], state["candidate_version"]
-    if not await ctx.store.transition(
+    await ctx.store.transition(
         round_id, {"status": "running"}, {"status": "succeeded", "deployed_version": version}
-    ):
+    )
+    state = await ctx.store.get_round(round_id)
+    if state.get("status") != "succeeded" or state.get("deployed_version") != version:
         return
+    # Each write below is idempotent, so a replay after a crash finishes the job.
     await ctx.store.set_active_version(model, version)
     await ctx.store.update_version(model, version, status="deployed")
     devices = len(await ctx.store.hgetall(keys.deployment(round_id)))
-    await ctx.emit(
+    await ctx.emit_once(
+        "deployed",
         ModelDeployed(
             round_id=round_id,
             version=version,
             stages=list(ctx.settings.canary_stages),
             devices=devices,
-        )
+        ),
     )
-    await ctx.emit(RoundCompleted(round_id=round_id, outcome="succeeded", version=version))
+    await ctx.emit_once(
+        "completed", RoundCompleted(round_id=round_id, outcome="succeeded", version=version)
+    )
 
 
 async def rollback(round_id: str, ctx: Context) -> str:

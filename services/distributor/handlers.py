@@ -30,13 +30,20 @@ async def _starting_model(request: RoundRequested, ctx: Context) -> tuple[str, s
 
 async def on_nodes_selected(event: NodesSelected, ctx: Context) -> None:
     """Iteration 0: resolve the starting model and send it to the cohort."""
-    start_digest, parent = await _starting_model(event.request, ctx)
-    await ctx.store.set_fields(
-        event.round_id,
-        start_digest=start_digest,
-        global_digest=start_digest,
-        parent_version=parent or "",
-    )
+    state = await ctx.store.get_round(event.round_id)
+    if state.get("status") != "running":
+        raise StaleRound(f"round {event.round_id} is {state.get('status', 'unknown')}")
+    if "start_digest" not in state:
+        try:
+            start_digest, parent = await _starting_model(event.request, ctx)
+        except Rejected as exc:
+            await ctx.fail(event.round_id, Step.DISTRIBUTE, exc.reason)
+            return
+        # First writer wins: a repeated NodesSelected can never reset a running round.
+        round_key = keys.round_hash(event.round_id)
+        await ctx.store.hsetnx(round_key, "parent_version", parent or "")
+        await ctx.store.hsetnx(round_key, "start_digest", start_digest)
+        await ctx.store.hsetnx(round_key, "global_digest", start_digest)
     await distribute(event.round_id, 0, ctx)
 
 
@@ -47,15 +54,18 @@ async def on_iteration_completed(event: IterationCompleted, ctx: Context) -> Non
 
 async def distribute(round_id: str, iteration: int, ctx: Context) -> None:
     """Send the round's current global model to every active device (idempotent)."""
+    if await ctx.republish(round_id, f"distributed_{iteration}", WeightsDistributed) is not None:
+        return
     state = await ctx.store.get_round(round_id)
     if state.get("status") != "running":
         raise StaleRound(f"round {round_id} is {state.get('status', 'unknown')}")
-    if f"distributed_{iteration}" in state:
-        return
-    global_digest = state["global_digest"]
+    # Pin the model this iteration starts from; the aggregator adds the mean delta to it.
+    await ctx.store.hsetnx(keys.round_hash(round_id), f"base_{iteration}", state["global_digest"])
+    global_digest = (await ctx.store.get_round(round_id))[f"base_{iteration}"]
     target = await ctx.store.get_params(global_digest)
     if target is None:
-        raise Rejected(f"global model {global_digest} is missing")
+        await ctx.fail(round_id, Step.DISTRIBUTE, f"global model {global_digest} is missing")
+        return
     active = await ctx.store.smembers(keys.active(round_id))
     if iteration == 0:
         bases = await device_bases(ctx, active)
@@ -70,16 +80,16 @@ async def distribute(round_id: str, iteration: int, ctx: Context) -> None:
     await ctx.store.incr(round_id, "bytes_down", total)
     await ctx.store.incr(round_id, "payloads_down", len(sent))
     await ctx.store.set_fields(round_id, step=Step.TRAIN, iteration=iteration)
-    await ctx.emit(
+    await ctx.emit_once(
+        f"distributed_{iteration}",
         WeightsDistributed(
             round_id=round_id,
             iteration=iteration,
             global_digest=global_digest,
             recipients=sorted(sent),
             bytes_sent=total,
-        )
+        ),
     )
-    await ctx.store.mark_once(round_id, f"distributed_{iteration}")
 
 
 async def revoke(round_id: str, ctx: Context) -> str:

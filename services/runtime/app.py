@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomqtt
 import structlog
@@ -34,6 +34,15 @@ log = structlog.get_logger()
 Handler = Callable[[Any, "Context"], Awaitable[None]]
 TimerHandler = Callable[[str, str, "Context"], Awaitable[None]]
 Compensation = Callable[[str, "Context"], Awaitable[str]]
+
+
+E = TypeVar("E", bound=Event)
+
+
+def _topic_of(event: Event) -> str:
+    if isinstance(event, StepCompensated):
+        return topics.compensated(event.round_id, event.step)
+    return topics.round_event(event.round_id, event.topic_name)
 
 
 @dataclass(frozen=True)
@@ -68,23 +77,49 @@ class Context:
         await self.client.publish(topic, encode(message), qos=1, retain=retain)
 
     async def emit(self, event: Event) -> None:
-        """Append a saga event to its round's log, then publish it."""
-        if isinstance(event, StepCompensated):
-            topic = topics.compensated(event.round_id, event.step)
-        else:
-            topic = topics.round_event(event.round_id, event.topic_name)
+        """Append a saga event to its round's log, then publish it (for repeatable events)."""
         await self.store.append_event(event.round_id, self.service, event)
-        await self.publish(topic, event)
+        await self.publish(_topic_of(event), event)
         self.log.info("emitted", kind=event.kind, round_id=event.round_id)
 
+    async def emit_once(self, key: str, event: E) -> E:
+        """Record `event` as the round's outcome `key` and publish the recorded event.
+
+        The record is the outbox: the first writer's event wins, and a replay (the process
+        died, or the broker dropped, after the decision) publishes the same event again, same
+        msg_id, which consumers drop as a duplicate. Deciding and publishing can therefore
+        never come apart. Returns the recorded event.
+        """
+        recorded, first = await self.store.record_outcome(event.round_id, key, event)
+        if first:
+            await self.store.append_event(event.round_id, self.service, recorded)
+        await self.publish(_topic_of(recorded), recorded)
+        if first:
+            self.log.info("emitted", kind=recorded.kind, round_id=recorded.round_id)
+        return recorded
+
+    async def republish(self, round_id: str, key: str, model: type[E]) -> E | None:
+        """Publish the round's recorded outcome `key` again, if there is one."""
+        recorded = await self.store.outcome(round_id, key, model)
+        if recorded is not None:
+            await self.publish(_topic_of(recorded), recorded)
+        return recorded
+
     async def fail(self, round_id: str, step: int, reason: str) -> None:
-        """Fail the round at `step` (once); compensations of step..1 follow."""
-        if await self.store.transition(
+        """Fail the round at `step`; compensations of step..1 follow.
+
+        The first failure wins; calling again (a replay, a second failing step) re-publishes
+        the recorded RoundFailed.
+        """
+        await self.store.transition(
             round_id,
             {"status": "running"},
             {"status": "compensating", "failed_step": step, "failure_reason": reason},
-        ):
-            await self.emit(RoundFailed(round_id=round_id, step=step, reason=reason))
+        )
+        state = await self.store.get_round(round_id)
+        if state.get("status") in ("compensating", "failed"):
+            step, reason = int(state["failed_step"]), state["failure_reason"]
+            await self.emit_once("failed", RoundFailed(round_id=round_id, step=step, reason=reason))
 
     async def reject(self, topic: str, reason: str, round_id: str | None = None) -> None:
         """Report rejected input on `fl/errors/{service}`."""
@@ -140,13 +175,18 @@ class Service:
         assert self.compensate is not None
         assert self.step is not None
         state = await ctx.store.get_round(round_id)
-        if f"compensated_{self.step}" in state:
+        if state.get("status") not in ("compensating", "failed"):
+            raise Rejected(f"round {round_id} is {state.get('status', 'unknown')}, not failing")
+        if self.step > int(state["failed_step"]):
+            raise Rejected(f"round {round_id} failed at step {state['failed_step']}")
+        key = f"compensated_{self.step}"
+        if await ctx.republish(round_id, key, StepCompensated) is not None:
             return  # a redelivery: this step's compensation already ran
-        detail = await self.compensate(round_id, ctx)
-        await ctx.emit(
-            StepCompensated(round_id=round_id, step=self.step, service=self.name, detail=detail)
+        detail = await self.compensate(round_id, ctx)  # idempotent actions
+        await ctx.emit_once(
+            key,
+            StepCompensated(round_id=round_id, step=self.step, service=self.name, detail=detail),
         )
-        await ctx.store.mark_once(round_id, f"compensated_{self.step}")
 
     # -- the loop ---------------------------------------------------------------------------
 

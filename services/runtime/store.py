@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
@@ -21,6 +21,8 @@ from schemas.device import DeviceStatus
 from schemas.events import Event
 from services.runtime import keys
 from services.runtime.errors import SagaConflict
+
+E = TypeVar("E", bound=Event)
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -109,6 +111,24 @@ class SagaStore:
                 except WatchError:
                     continue
         raise SagaConflict(f"round {round_id}: transition kept conflicting")
+
+    async def record_outcome(self, round_id: str, key: str, event: E) -> tuple[E, bool]:
+        """Record an event as the round's outcome `key` unless one is recorded already.
+
+        Returns the recorded event (ours or the earlier one) and whether ours was recorded.
+        """
+        field = f"out:{key}"
+        first = await self.hsetnx(keys.round_hash(round_id), field, event.model_dump_json())
+        if first:
+            return event, True
+        recorded = await self.outcome(round_id, key, type(event))
+        assert recorded is not None
+        return recorded, False
+
+    async def outcome(self, round_id: str, key: str, model: type[E]) -> E | None:
+        """The event recorded as the round's outcome `key`, if any."""
+        raw = await self.redis.hget(keys.round_hash(round_id), f"out:{key}")
+        return model.model_validate_json(raw) if raw else None
 
     async def set_fields(self, round_id: str, **fields: str | int) -> None:
         """Set round fields unconditionally (for values only one step writes)."""

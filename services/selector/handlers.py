@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from schemas import topics
+from schemas.base import now_ms
 from schemas.device import DeviceStatus
 from schemas.events import NodesSelected, RoundCompleted, StepCompensated
 from schemas.ops import RoundRequested
@@ -17,6 +18,7 @@ from services.runtime import Context, Rejected, Route, Service, keys
 MIN_BATTERY = 0.2
 MIN_MEMORY_MB = 64
 LEASE_MARGIN_MS = 120_000
+ROUND_MARGIN_MS = 60_000
 
 
 def eligible(status: DeviceStatus) -> bool:
@@ -60,19 +62,35 @@ async def on_round_requested(request: RoundRequested, ctx: Context) -> None:
         },
     )
     state = await ctx.store.get_round(round_id)
-    if not created and (state.get("request_id") != request.msg_id or "selected" in state):
+    if not created and state.get("request_id") != request.msg_id:
         raise Rejected(f"round {round_id} already exists")
+    if await ctx.republish(round_id, "selected", NodesSelected) is not None:
+        return  # a replay after the cohort was announced
+    if state.get("status") != "running":
+        return  # a replay after the round already failed here
+    if request.model_version and not await ctx.store.get_version(
+        request.model_name, request.model_version
+    ):
+        await ctx.fail(
+            round_id,
+            Step.SELECT,
+            f"model {request.model_name} has no version {request.model_version}",
+        )
+        return
 
-    lease_ms = request.training_rounds * request.iteration_timeout_ms + LEASE_MARGIN_MS
+    lease_ms = round_budget_ms(request, ctx) + LEASE_MARGIN_MS
     registry = await ctx.store.devices()
     candidates = rank([s for s in registry if eligible(s)], request.seed)
-    cohort: list[str] = []
+    # A replay keeps the cohort it leased before; leasing is idempotent per round.
+    cohort = await ctx.store.smembers(keys.cohort(round_id))
     for status in candidates:
-        if len(cohort) == request.cohort_size:
+        if len(cohort) >= request.cohort_size:
             break
-        if await ctx.store.lease(status.device_id, round_id, lease_ms):
+        if status.device_id not in cohort and await ctx.store.lease(
+            status.device_id, round_id, lease_ms
+        ):
             cohort.append(status.device_id)
-    await ctx.store.sadd(keys.cohort(round_id), *cohort)
+            await ctx.store.sadd(keys.cohort(round_id), status.device_id)
     await ctx.store.sadd(keys.active(round_id), *cohort)
     if len(cohort) < request.min_participating_nodes:
         await ctx.fail(
@@ -82,11 +100,27 @@ async def on_round_requested(request: RoundRequested, ctx: Context) -> None:
             f"need {request.min_participating_nodes}",
         )
         return
+    await ctx.schedule(round_id, "deadline", now_ms() + round_budget_ms(request, ctx))
     await ctx.store.set_fields(round_id, cohort_size=len(cohort), step=Step.DISTRIBUTE)
-    await ctx.emit(
-        NodesSelected(round_id=round_id, request=request, cohort=cohort, eligible=len(candidates))
+    await ctx.emit_once(
+        "selected",
+        NodesSelected(
+            round_id=round_id, request=request, cohort=sorted(cohort), eligible=len(candidates)
+        ),
     )
-    await ctx.store.mark_once(round_id, "selected")
+
+
+def round_budget_ms(request: RoundRequested, ctx: Context) -> int:
+    """How long a round may take before it is failed: every iteration and canary stage."""
+    stages = len(ctx.settings.canary_stages) * ctx.settings.canary_timeout_ms
+    return request.training_rounds * request.iteration_timeout_ms + stages + ROUND_MARGIN_MS
+
+
+async def on_timer(round_id: str, tag: str, ctx: Context) -> None:
+    """A round still running past its budget fails at the step it is stuck in."""
+    state = await ctx.store.get_round(round_id)
+    if state.get("status") == "running":
+        await ctx.fail(round_id, int(state.get("step", Step.SELECT)), "round deadline passed")
 
 
 async def release_all(round_id: str, ctx: Context) -> str:
@@ -104,15 +138,17 @@ async def on_round_completed(event: RoundCompleted, ctx: Context) -> None:
 
 async def on_compensated(event: StepCompensated, ctx: Context) -> None:
     """The last compensation ran: the round has failed cleanly."""
+    await ctx.store.transition(event.round_id, {"status": "compensating"}, {"status": "failed"})
     state = await ctx.store.get_round(event.round_id)
-    if await ctx.store.transition(event.round_id, {"status": "compensating"}, {"status": "failed"}):
-        await ctx.emit(
+    if state.get("status") == "failed":
+        await ctx.emit_once(
+            "completed",
             RoundCompleted(
                 round_id=event.round_id,
                 outcome="failed",
                 version=state.get("parent_version") or None,
                 reason=state.get("failure_reason"),
-            )
+            ),
         )
 
 
@@ -120,6 +156,7 @@ service = Service(
     name="selector",
     step=Step.SELECT,
     compensate=release_all,
+    timers=on_timer,
     routes=[
         Route(topics.ROUND_START, RoundRequested, on_round_requested),
         Route(topics.ALL_STATUS, DeviceStatus, on_status),

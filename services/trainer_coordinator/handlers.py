@@ -29,7 +29,12 @@ async def on_weights_distributed(event: WeightsDistributed, ctx: Context) -> Non
         return
     request = await ctx.store.request_of(event.round_id)
     held = await ctx.store.hgetall(keys.held(event.round_id))
-    deadline = now_ms() + request["iteration_timeout_ms"]
+    # The deadline is fixed once: a replay re-arms the same one, never a later one.
+    round_key = keys.round_hash(event.round_id)
+    await ctx.store.hsetnx(
+        round_key, f"deadline_{event.iteration}", str(now_ms() + request["iteration_timeout_ms"])
+    )
+    deadline = int((await ctx.store.get_round(event.round_id))[f"deadline_{event.iteration}"])
     it_key = keys.iteration(event.round_id, event.iteration)
     for device_id in event.recipients:
         await ctx.store.hsetnx(it_key, device_id, TRAINING)
@@ -89,64 +94,66 @@ async def _mark_failed(
         await close_if_settled(round_id, iteration, ctx)
 
 
-async def reconcile(round_id: str, iteration: int, ctx: Context) -> None:
-    """Count as done every device whose update is in the aggregate, event seen or not.
-
-    The accumulator's contributor set in Redis is the truth; UpdateReceived is only the
-    trigger. An event lost (mosquitto drops messages for sessions restored after a broker
-    restart until their client reconnects) must not fail a device that did its part.
-    """
-    it_key = keys.iteration(round_id, iteration)
-    for device_id in await ctx.store.smembers(keys.contributors(round_id, iteration)):
-        await ctx.store.hcas(it_key, device_id, TRAINING, DONE)
-    await close_if_settled(round_id, iteration, ctx)
-
-
 async def on_connect(ctx: Context) -> None:
-    """After (re)connecting, settle what may have happened while we were away."""
+    """After (re)connecting: re-arm open deadlines and settle what happened meanwhile."""
     for round_id in await ctx.store.rounds():
         state = await ctx.store.get_round(round_id)
         it = state.get("iteration", "0")
-        if state.get("status") == "running" and f"training_{it}" in state:
-            await reconcile(round_id, int(it), ctx)
+        if state.get("status") != "running" or f"training_{it}" not in state:
+            continue
+        if f"out:closed_{it}" not in state:
+            await ctx.schedule(round_id, f"deadline:{it}", int(state[f"deadline_{it}"]))
+        await close_if_settled(round_id, int(it), ctx)
 
 
 async def on_timer(round_id: str, tag: str, ctx: Context) -> None:
     """The iteration's deadline passed: whoever is still training has failed it."""
-    iteration = int(tag.split(":")[1])
+    await close_if_settled(round_id, int(tag.split(":")[1]), ctx, deadline_passed=True)
+
+
+async def close_if_settled(
+    round_id: str, iteration: int, ctx: Context, *, deadline_passed: bool = False
+) -> None:
+    """Close the iteration once no device is training (or at the deadline); decide quorum.
+
+    The decision is recorded once (`emit_once`), so a replay re-announces it. Before deciding,
+    the iteration is fenced: the aggregator accepts no update after `closing_{it}` is set, and
+    every device whose update is in the aggregate counts as done, whether or not its
+    UpdateReceived reached us (mosquitto drops messages for sessions restored after a restart
+    until their client reconnects, so the contributor set in Redis is the truth).
+    """
+    if await ctx.republish(round_id, f"closed_{iteration}", TrainingCompleted) is not None:
+        return
     it_key = keys.iteration(round_id, iteration)
-    await reconcile(round_id, iteration, ctx)
+    states = await ctx.store.hgetall(it_key)
+    contributed = set(await ctx.store.smembers(keys.contributors(round_id, iteration)))
+    settled = all(s != TRAINING or d in contributed for d, s in states.items())
+    if not (settled or deadline_passed):
+        return
+    await ctx.store.hsetnx(keys.round_hash(round_id), f"closing_{iteration}", str(now_ms()))
+    for device_id in await ctx.store.smembers(keys.contributors(round_id, iteration)):
+        await ctx.store.hcas(it_key, device_id, TRAINING, DONE)
     for device_id, state in (await ctx.store.hgetall(it_key)).items():
         if state == TRAINING:
             await ctx.store.hcas(it_key, device_id, TRAINING, "failed:deadline_passed")
-    await close_if_settled(round_id, iteration, ctx)
-
-
-async def close_if_settled(round_id: str, iteration: int, ctx: Context) -> None:
-    """Close the iteration once no device is training; decide quorum exactly once."""
-    states = await ctx.store.hgetall(keys.iteration(round_id, iteration))
-    if any(s == TRAINING for s in states.values()):
-        return
-    if not await ctx.store.mark_once(round_id, f"closed_{iteration}"):
-        return
     await ctx.store.cancel(ctx.service, round_id, f"deadline:{iteration}")
+    states = await ctx.store.hgetall(it_key)
     done = sorted(d for d, s in states.items() if s == DONE)
     failures = {d: s.removeprefix("failed:") for d, s in states.items() if s != DONE}
     if failures:
-        await ctx.store.hset(
-            keys.failures(round_id),
-            {d: f"{r} (iteration {iteration})" for d, r in failures.items()},
-        )
+        noted = {d: f"{r} (iteration {iteration})" for d, r in failures.items()}
+        await ctx.store.hset(keys.failures(round_id), noted)
         await ctx.store.redis.srem(keys.active(round_id), *failures)
     request = await ctx.store.request_of(round_id)
     cohort = len(await ctx.store.smembers(keys.cohort(round_id)))
     need = max(request["min_participating_nodes"], math.ceil(cohort / 2))
     if len(done) >= need:
         await ctx.store.set_fields(round_id, step=Step.AGGREGATE)
-        await ctx.emit(
+        await ctx.emit_once(
+            f"closed_{iteration}",
             TrainingCompleted(
                 round_id=round_id, iteration=iteration, participants=done, failures=failures
-            )
+            ),
         )
         return
     reasons = ", ".join(f"{r}: {n}" for r, n in Counter(failures.values()).items())

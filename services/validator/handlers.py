@@ -21,7 +21,7 @@ from schemas import topics
 from schemas.events import ModelAggregated, ModelValidated
 from schemas.semver import Version
 from schemas.steps import Step
-from services.runtime import Context, Rejected, Route, Service
+from services.runtime import Context, Rejected, Route, Service, keys
 
 FIRST_VERSION = Version(1, 0, 0)
 
@@ -54,13 +54,18 @@ async def next_version(model: str, parent: str | None, ctx: Context) -> Version:
 async def on_model_aggregated(event: ModelAggregated, ctx: Context) -> None:
     """Score the candidate; register and announce it, or fail the round."""
     round_id = event.round_id
-    state = await ctx.store.get_round(round_id)
-    if state.get("status") != "running" or "validated" in state:
+    if await ctx.republish(round_id, "validated", ModelValidated) is not None:
         return
+    state = await ctx.store.get_round(round_id)
+    if state.get("status") != "running":
+        return
+    if event.digest != state.get("candidate_digest"):
+        raise Rejected(f"{event.digest} is not round {round_id}'s candidate")
     request = await ctx.store.request_of(round_id)
     params = await ctx.store.get_params(event.digest)
     if params is None:
-        raise Rejected(f"candidate {event.digest} is missing")
+        await ctx.fail(round_id, Step.VALIDATE, f"candidate {event.digest} is missing")
+        return
     s = ctx.settings
     metrics = evaluate(params, s.data_seed, s.holdout_fraction)
     parent = state.get("parent_version") or None
@@ -84,30 +89,39 @@ async def on_model_aggregated(event: ModelAggregated, ctx: Context) -> None:
             f"{parent} ({metrics['parent_accuracy']:.4f})",
         )
         return
-    version = str(await next_version(request["model_name"], parent, ctx))
-    await ctx.store.register_version(
-        request["model_name"],
-        version,
-        {
-            "parent": parent or "",
-            "round_id": round_id,
-            "digest": event.digest,
-            "metrics": json.dumps(metrics),
-            "status": "validated",
-        },
-    )
+    record = {
+        "parent": parent or "",
+        "round_id": round_id,
+        "digest": event.digest,
+        "metrics": json.dumps(metrics),
+        "status": "validated",
+    }
+    version = await claim_version(request["model_name"], parent, round_id, record, ctx)
     await ctx.store.persist_params(event.digest)
-    await ctx.store.set_fields(round_id, candidate_version=version, step=Step.DEPLOY)
-    await ctx.emit(
+    await ctx.store.set_fields(round_id, step=Step.DEPLOY)
+    await ctx.emit_once(
+        "validated",
         ModelValidated(
             round_id=round_id,
             digest=event.digest,
             version=version,
             parent_version=parent,
             metrics=metrics,
-        )
+        ),
     )
-    await ctx.store.mark_once(round_id, "validated")
+
+
+async def claim_version(
+    model: str, parent: str | None, round_id: str, record: dict[str, str], ctx: Context
+) -> str:
+    """The round's version: claimed once, even if rounds race for the same number."""
+    round_key = keys.round_hash(round_id)
+    while not (version := (await ctx.store.get_round(round_id)).get("candidate_version")):
+        candidate = str(await next_version(model, parent, ctx))
+        registered = await ctx.store.register_version(model, candidate, record)
+        if registered and not await ctx.store.hsetnx(round_key, "candidate_version", candidate):
+            await ctx.store.update_version(model, candidate, status="abandoned")
+    return version
 
 
 async def record_failure(round_id: str, ctx: Context) -> str:
@@ -124,8 +138,11 @@ async def record_failure(round_id: str, ctx: Context) -> str:
     await ctx.store.set_fields(round_id, validation_failure=record)
     version = state.get("candidate_version")
     if version:
+        # A rollout that failed is recorded by the deployer as rolled_back; keep that.
+        current = (await ctx.store.get_version(state["model_name"], version)).get("status")
+        status = "rejected" if current == "validated" else current or "rejected"
         await ctx.store.update_version(
-            state["model_name"], version, status="rejected", rejection=record
+            state["model_name"], version, status=status, rejection=record
         )
     return f"recorded validation failure (metrics {metrics})"
 

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgpack
 import numpy as np
 import zstandard
 
+from deploy.stack import LocalStack
 from edge_client.fleet import Fleet
 from federated.model import init_mlp
 from federated.payload import make_payload
 from fedsaga.client import FedSaga
 from schemas.codec import decode, encode
 from schemas.device import DeviceUpdate
-from schemas.events import ErrorReport, ModelValidated
-from tests.integration.conftest import Probe, request
+from schemas.events import ErrorReport, ModelValidated, NodesSelected, TrainingCompleted
+from services.runtime import keys
+from tests.integration.conftest import Probe, request, start_fleet
 
 
 def _nan_payload(params: dict[str, np.ndarray], base_digest: str) -> bytes:
@@ -64,45 +68,64 @@ async def test_garbage_on_service_topics_is_reported_and_the_services_keep_runni
     assert result.status == "succeeded"
 
 
-async def test_updates_from_unselected_devices_or_with_bad_weights_are_rejected(
-    saga: FedSaga, fleet: Fleet, probe: Probe
+async def test_bad_updates_mid_round_are_rejected_and_change_nothing(
+    stack: LocalStack, saga: FedSaga, probe: Probe
 ) -> None:
-    # Prepare: a finished round, so its state is fixed
-    result = await saga.run(request(), timeout=60)
-    before = await saga.store.get_round(result.round_id)
-    params = init_mlp((64, 32, 10), np.random.default_rng(0))
-    blob, _ = make_payload(params, None, rng=np.random.default_rng(0))
+    # Prepare: slow devices keep iteration 0 open while we send bad updates into it
+    fleet = await start_fleet(stack, saga, slowdown_s=2.0)
+    try:
+        req = request(training_rounds=1, target_accuracy=0.1, iteration_timeout_ms=30_000)
+        task = asyncio.create_task(saga.run(req, timeout=90))
+        await probe.wait_for(f"fl/round/{req.round_id}/weights_distributed", timeout=30)
+        member = sorted((await saga.store.hgetall(keys.held(req.round_id))).items())[0]
+        device, held = member
+        blob, _ = make_payload(
+            init_mlp((64, 32, 10), np.random.default_rng(0)), None, rng=np.random.default_rng(0)
+        )
 
-    def update(device: str, **kw: object) -> bytes:
-        fields = {
-            "round_id": result.round_id,
-            "iteration": 0,
-            "device_id": device,
-            "base_digest": "0" * 64,
-            "num_examples": 10,
-            "train_loss": 0.1,
-            "train_accuracy": 0.5,
-            "blob": blob,
-            **kw,
-        }
-        return encode(DeviceUpdate.model_validate(fields))
+        def update(topic_device: str, **kw: object) -> tuple[str, bytes]:
+            fields = {
+                "round_id": req.round_id,
+                "iteration": 0,
+                "device_id": topic_device,
+                "base_digest": held,
+                "num_examples": 10,
+                "train_loss": 0.1,
+                "train_accuracy": 0.5,
+                "blob": blob,
+                **kw,
+            }
+            return f"fl/device/{topic_device}/update", encode(DeviceUpdate.model_validate(fields))
 
-    # Execute
-    await probe.client.publish("fl/device/intruder/update", update("intruder"), qos=1)
-    await probe.client.publish("fl/device/intruder/update", update("someone-else"), qos=1)
-    await probe.client.publish(
-        "fl/device/t0-0001/update", update("t0-0001", blob=b"\x28\xb5\x2f\xfd junk"), qos=1
-    )
+        bad = [
+            update("intruder"),  # never selected
+            (update(device)[0], update("someone-else")[1]),  # device id differs from topic
+            update(device, blob=b"\x28\xb5\x2f\xfd junk"),  # not a payload
+            update(device, num_examples=10**9),  # more examples than it has
+            update(device, iteration=5),  # an iteration that is not open
+        ]
 
-    # Assert
-    await probe.wait_for("fl/errors/aggregator", 3)
-    reasons = [e.reason for e in _errors(probe, "aggregator")]
-    assert any("does not match topic" in r for r in reasons)
-    assert sum("is succeeded" in r or "not selected" in r for r in reasons) >= 1
-    after = await saga.store.get_round(result.round_id)
-    assert {k: v for k, v in after.items() if k != "updated_ms"} == {
-        k: v for k, v in before.items() if k != "updated_ms"
-    }
+        # Execute
+        for topic, payload in bad:
+            await probe.client.publish(topic, payload, qos=1)
+
+        # Assert: five reasons, and nothing entered the running FedAvg
+        await probe.wait_for("fl/errors/aggregator", len(bad), timeout=20)
+        reasons = " | ".join(e.reason for e in _errors(probe, "aggregator"))
+        for expected in (
+            "was not selected",
+            "does not match topic",
+            "bad update payload",
+            "exceeds",
+            "not open",
+        ):
+            assert expected in reasons
+        assert await saga.store.smembers(keys.contributors(req.round_id, 0)) == []
+        result = await task
+        assert result.status == "succeeded", result.failure_reason
+        assert result.participation["participants_per_iteration"] == [10]
+    finally:
+        await fleet.__aexit__(None, None, None)
 
 
 async def test_nan_update_mid_round_is_rejected_and_the_round_still_succeeds(
@@ -158,11 +181,46 @@ async def test_a_redelivered_or_repeated_event_changes_nothing(
     copy = event.model_copy(update={"msg_id": "f" * 32})
     await probe.client.publish(f"fl/round/{result.round_id}/model_validated", encode(copy), qos=1)
     await probe.wait_for(f"fl/round/{result.round_id}/model_validated", 3)
-    import asyncio
-
     await asyncio.sleep(0.5)
 
     # Assert: no second deployment, no new events, same state
     assert sum(b"cmd.deploy" in p for p in probe.on("/cmd")) == deploys_before == 12
     assert await saga.store.events(result.round_id) == log_before
     assert await saga.store.get_round(result.round_id) == state_before
+
+
+async def test_events_repeated_mid_round_neither_reset_nor_double_step_it(
+    stack: LocalStack, saga: FedSaga, probe: Probe
+) -> None:
+    # Prepare: slow devices, so the round is still running when the copies arrive
+    fleet = await start_fleet(stack, saga, slowdown_s=1.0)
+    try:
+        req = request(training_rounds=3, iteration_timeout_ms=30_000)
+        task = asyncio.create_task(saga.run(req, timeout=90))
+        rid = req.round_id
+        await probe.wait_for(f"fl/round/{rid}/iteration_completed", timeout=30)
+        selected = decode(probe.on(f"fl/round/{rid}/nodes_selected")[0], NodesSelected)
+        closed = decode(probe.on(f"fl/round/{rid}/training_completed")[0], TrainingCompleted)
+        start = (await saga.store.get_round(rid))["start_digest"]
+
+        # Execute: copies with new ids (a producer's replay), and an exact redelivery
+        for event in (selected, closed):
+            copy = event.model_copy(update={"msg_id": "e" * 32})
+            await probe.client.publish(f"fl/round/{rid}/{event.topic_name}", encode(copy), qos=1)
+        await probe.client.publish(
+            f"fl/round/{rid}/training_completed", probe.on(f"fl/round/{rid}/training_completed")[0]
+        )
+        result = await task
+
+        # Assert: three iterations, each stepping once from the model the last one made
+        assert result.status == "succeeded", result.failure_reason
+        kinds = [e["kind"] for e in result.timeline]
+        assert kinds.count("weights.distributed") == 3
+        assert kinds.count("iteration.completed") == 2
+        assert kinds.count("model.aggregated") == 1
+        state = await saga.store.get_round(rid)
+        assert state["start_digest"] == start == state["base_0"]
+        stepped = [e for e in await saga.store.events(rid) if e["kind"] == "iteration.completed"]
+        assert [state["base_1"], state["base_2"]] == [e["global_digest"] for e in stepped]
+    finally:
+        await fleet.__aexit__(None, None, None)

@@ -20,7 +20,16 @@ async def test_a_device_killed_mid_training_is_failed_by_its_last_will(
     # Prepare: three more devices in their own OS process, which we will kill -9
     env = {**os.environ, **stack.settings.env(), "FEDSAGA_LOW_BATTERY_SHARE": "0"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edge_client", "--devices", "3", "--prefix", "doomed", env=env
+        sys.executable,
+        "-m",
+        "edge_client",
+        "--devices",
+        "3",
+        "--prefix",
+        "doomed",
+        "--slowdown",
+        "60",  # they must still be training when the process dies
+        env=env,
     )
     try:
         async with asyncio.timeout(15):
@@ -64,7 +73,7 @@ async def test_a_silent_device_is_failed_at_the_deadline(saga: FedSaga, fleet: F
 
     # Execute
     result = await saga.run(
-        request(cohort_size=12, training_rounds=2, iteration_timeout_ms=1_500), timeout=60
+        request(cohort_size=12, training_rounds=2, iteration_timeout_ms=4_000), timeout=60
     )
 
     # Assert: failed at the first deadline, left out of the second iteration

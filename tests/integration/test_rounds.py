@@ -168,7 +168,7 @@ async def test_canary_health_regression_rolls_back(saga: FedSaga, fleet: Fleet) 
     assert _order(bad) == [6, 5, 4, 3, 2, 1]
     assert bad.versions["active"] == good.versions["deployed"] == "1.0.0"
     record = await saga.store.get_version("digits-mlp", bad.versions["candidate"] or "")
-    assert record["status"] == "rejected"
+    assert record["status"] == "rolled_back"
     await eventually(
         lambda: _all(
             a.models.current is not None and a.models.current.version == "1.0.0"
@@ -190,7 +190,7 @@ async def test_restarted_service_picks_the_round_up(
     stack: LocalStack, saga: FedSaga, fleet: Fleet
 ) -> None:
     # Prepare: kill -9 the aggregator as soon as the round's first weights are out
-    req = request(training_rounds=4)
+    req = request(training_rounds=4, iteration_timeout_ms=30_000)
     killed = asyncio.Event()
 
     def on_event(_topic: str, event: object) -> None:

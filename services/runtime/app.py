@@ -260,13 +260,19 @@ class Service:
     async def _timer_loop(self, ctx: Context) -> None:
         assert self.timers is not None
         while True:
-            for round_id, tag in await ctx.store.claim_due(self.name, now_ms()):
-                with structlog.contextvars.bound_contextvars(round_id=round_id, timer=tag):
-                    try:
-                        await self.timers(round_id, tag, ctx)
-                    except Exception:
-                        log.exception("timer failed; retrying in 1 s")
-                        await ctx.store.schedule(self.name, round_id, tag, now_ms() + 1000)
+            try:
+                for round_id, tag, lease in await ctx.store.claim_due(self.name, now_ms()):
+                    with structlog.contextvars.bound_contextvars(round_id=round_id, timer=tag):
+                        try:
+                            await self.timers(round_id, tag, ctx)
+                        except aiomqtt.MqttError:
+                            continue  # the lease lapses and the timer fires again
+                        except Exception:
+                            log.exception("timer failed; it fires again when its lease lapses")
+                            continue
+                        await ctx.store.finish_timer(self.name, round_id, tag, lease)
+            except Exception:  # Redis unreachable, say: keep the loop alive
+                log.exception("timer loop error")
             await asyncio.sleep(ctx.settings.timer_poll_ms / 1000)
 
     async def run(self, settings: Settings, *, ready: asyncio.Event | None = None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 
 class Settings(BaseModel):
@@ -29,6 +29,14 @@ class Settings(BaseModel):
     canary_stages: tuple[int, ...] = (10, 50, 100)
     canary_tolerance: float = 0.05
     canary_timeout_ms: int = 10_000
+
+    @model_validator(mode="after")
+    def _instances(self) -> Settings:
+        # Two instances with one client id would take each other's broker session over and
+        # over, and share one in-flight journal.
+        if self.shared and self.instance == "0":
+            raise ValueError("with FEDSAGA_SHARED, give each instance its own FEDSAGA_INSTANCE")
+        return self
 
     @field_validator("canary_stages")
     @classmethod

@@ -34,6 +34,19 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
 end
 return 0
 """
+_CLAIM = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) return 1
+end
+return 0
+"""
+_UNCLAIM = """
+if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1])) == tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"""
 _WATCH_RETRIES = 20
 
 
@@ -58,6 +71,8 @@ class SagaStore:
         self.ttl_s = ttl_s
         self._release = redis.register_script(_RELEASE)
         self._hcas = redis.register_script(_HCAS)
+        self._claim = redis.register_script(_CLAIM)
+        self._unclaim = redis.register_script(_UNCLAIM)
 
     @classmethod
     def from_url(cls, url: str, *, ttl_s: int = 7 * 24 * 3600) -> SagaStore:
@@ -346,15 +361,27 @@ class SagaStore:
         """Cancel a scheduled timer."""
         await self.redis.zrem(keys.timers(service), f"{round_id}|{tag}")
 
-    async def claim_due(self, service: str, now: int) -> list[tuple[str, str]]:
-        """Claim due timers; each is claimed by exactly one instance (ZREM wins once)."""
+    async def claim_due(
+        self, service: str, now: int, lease_ms: int = 30_000
+    ) -> list[tuple[str, str, int]]:
+        """Claim due timers for `lease_ms`: each goes to exactly one instance.
+
+        A claimed timer is not removed but pushed `lease_ms` ahead, so if the claimant dies
+        before `finish_timer`, the timer fires again after the lease. Returns
+        (round_id, tag, lease score) triples.
+        """
         due = await self.redis.zrangebyscore(keys.timers(service), "-inf", now, start=0, num=100)
         claimed = []
         for member in due:
-            if await self.redis.zrem(keys.timers(service), member):
+            lease = now + lease_ms
+            if await self._claim(keys=[keys.timers(service)], args=[member, now, lease]):
                 round_id, _, tag = member.decode().partition("|")
-                claimed.append((round_id, tag))
+                claimed.append((round_id, tag, lease))
         return claimed
+
+    async def finish_timer(self, service: str, round_id: str, tag: str, lease: int) -> None:
+        """Drop a timer that fired, unless its handler scheduled it again."""
+        await self._unclaim(keys=[keys.timers(service)], args=[f"{round_id}|{tag}", lease])
 
 
 def encode_params(params: Params) -> bytes:

@@ -289,6 +289,7 @@ def test_from_env_reads_and_converts_fedsaga_variables(clean_env: pytest.MonkeyP
     clean_env.setenv("FEDSAGA_MQTT_PORT", "1884")
     clean_env.setenv("FEDSAGA_REDIS_URL", "redis://10.0.0.2:6380/3")
     clean_env.setenv("FEDSAGA_SHARED", "true")
+    clean_env.setenv("FEDSAGA_INSTANCE", "b")
     clean_env.setenv("FEDSAGA_HOLDOUT_FRACTION", "0.3")
     clean_env.setenv("FEDSAGA_CANARY_STAGES", "5,25,100")
     clean_env.setenv("FEDSAGA_CANARY_TIMEOUT_MS", "2500")
@@ -306,7 +307,16 @@ def test_from_env_reads_and_converts_fedsaga_variables(clean_env: pytest.MonkeyP
     assert loaded.holdout_fraction == 0.3
     assert loaded.canary_stages == (5, 25, 100)
     assert loaded.canary_timeout_ms == 2500
-    assert loaded.instance == "0"
+    assert loaded.instance == "b"
+
+
+def test_shared_instances_need_their_own_instance_name(clean_env: pytest.MonkeyPatch) -> None:
+    # Prepare
+    clean_env.setenv("FEDSAGA_SHARED", "true")
+
+    # Execute / Assert: two "0"s would take each other's broker session over
+    with pytest.raises(ValidationError, match="FEDSAGA_INSTANCE"):
+        Settings.from_env()
 
 
 def test_overrides_win_over_the_environment(clean_env: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from federated.aggregate import FedAvgAccumulator
-from federated.params import Params, add, flatten, spec_of, unflatten
+from federated.errors import ShapeError
+from federated.params import Params, ParamSpec, add, flatten, spec_of, unflatten
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Strategy(ABC):
     #: Whether `aggregate` needs every update at once (robust rules); such a strategy bounds
     #: its memory by `max_updates` and the caller must not pass more.
     needs_all_updates: bool = False
+    max_updates: int | None = None
 
     @abstractmethod
     def aggregate(
@@ -41,10 +43,16 @@ class Strategy(ABC):
         """Return the next global model."""
 
 
-def weighted_mean_delta(updates: Sequence[Update]) -> np.ndarray:
-    """Example-weighted mean of the updates' flat deltas, streamed (memory O(model))."""
+def weighted_mean_delta(updates: Sequence[Update], spec: ParamSpec | None = None) -> np.ndarray:
+    """Example-weighted mean of the updates' flat deltas, streamed (memory O(model)).
+
+    With `spec`, an update whose tensors differ from it raises ShapeError: flat vectors of the
+    same length but another layout would otherwise be added to the wrong tensors.
+    """
     acc = FedAvgAccumulator()
     for u in updates:
+        if spec is not None and spec_of(u.delta) != spec:
+            raise ShapeError(f"update from client {u.client_id} does not match the model")
         acc.add(flatten(u.delta), u.num_examples)
     return acc.mean()
 
@@ -59,5 +67,5 @@ class FedAvg(Strategy):
         self, global_params: Params, updates: Sequence[Update], rng: np.random.Generator
     ) -> Params:
         """Global + server_lr * weighted mean of deltas."""
-        step = self.server_lr * weighted_mean_delta(updates)
+        step = self.server_lr * weighted_mean_delta(updates, spec_of(global_params))
         return add(global_params, unflatten(step.astype(np.float32), spec_of(global_params)))

@@ -55,6 +55,7 @@ class RobustRule(Strategy):
     """
 
     needs_all_updates = True
+    max_updates: int = DEFAULT_MAX_UPDATES
 
     def __init__(self, *, max_updates: int = DEFAULT_MAX_UPDATES, server_lr: float = 1.0) -> None:
         if max_updates < 1:

@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/mypy schemas federated services edge_client fedsaga deploy
 
 bench: $(STAMP)
-	$(BIN)/python bench/tune_digits.py
+	$(BIN)/python bench/numerics.py
 
 # The servers run as private instances started by the tests and the demo; we only need the
 # binaries. Debian's packages would also start system services where systemd runs: harmless,

@@ -1,8 +1,12 @@
-"""Pure numerics for federated learning: models, aggregation, compression and payloads.
+"""Pure numerics for federated learning: models, aggregation, compression and payloads,
+server strategies and robust rules, differential privacy and secure aggregation.
 
 No I/O, asyncio or logging here; every random function takes an `np.random.Generator`.
 """
 
+import importlib
+
+from federated.adaptive_clipping import AdaptiveClip, AdaptiveClipDP
 from federated.aggregate import FedAvgAccumulator, fedavg
 from federated.compression import dequantize_int8, quantize_int8
 from federated.data import (
@@ -12,7 +16,8 @@ from federated.data import (
     train_centralized,
     train_holdout_split,
 )
-from federated.errors import NumericsError, PayloadError, ShapeError
+from federated.errors import BudgetExceeded, NumericsError, PayloadError, ShapeError
+from federated.krum import MultiKrum
 from federated.metrics import ClassificationMetrics, classification_metrics, confusion_matrix
 from federated.model import (
     TrainStats,
@@ -41,39 +46,84 @@ from federated.payload import (
     make_payload,
     read_payload,
 )
+from federated.privacy import CentralDP, DistributedDP, clip_update, l2_norm
+from federated.robust import CoordinateMedian, NormBounded, TrimmedMean
+from federated.secagg import SecAggError, ThresholdError, simulate_secagg
+from federated.simulation import FederatedTask, digits_task, simulate
+from federated.strategies import FedAdam, FedAvgM, FedYogi
+from federated.strategy import FedAvg, Strategy, Update
+from federated.synthetic import synthetic_task
+
+# dp-accounting pulls in scipy (about 1 s): every service and device imports this package, so
+# the accountant loads only when asked for.
+_LAZY = {"PrivacyAccountant": "federated.accountant", "PrivacySpent": "federated.accountant"}
+
+
+def __getattr__(name: str) -> object:
+    """Load the lazily exported names on first use (PEP 562)."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'federated' has no attribute {name!r}")
+
 
 __all__ = [
+    "AdaptiveClip",
+    "AdaptiveClipDP",
+    "BudgetExceeded",
+    "CentralDP",
     "ClassificationMetrics",
+    "CoordinateMedian",
+    "DistributedDP",
+    "FedAdam",
+    "FedAvg",
     "FedAvgAccumulator",
+    "FedAvgM",
+    "FedYogi",
+    "FederatedTask",
+    "MultiKrum",
+    "NormBounded",
     "NumericsError",
     "ParamSpec",
     "Params",
     "Payload",
     "PayloadError",
     "PayloadLimits",
+    "PrivacyAccountant",
+    "PrivacySpent",
+    "SecAggError",
     "ShapeError",
+    "Strategy",
+    "ThresholdError",
     "TrainStats",
+    "TrimmedMean",
+    "Update",
     "add",
     "apply_payload",
     "check_finite",
     "classification_metrics",
+    "clip_update",
     "confusion_matrix",
     "dequantize_int8",
     "digest",
+    "digits_task",
     "dirichlet_partition",
     "fedavg",
     "flatten",
     "forward_logits",
     "init_mlp",
+    "l2_norm",
     "load_digits",
     "loss_and_grads",
     "make_payload",
     "predict",
     "quantize_int8",
     "read_payload",
+    "simulate",
     "simulate_fedavg",
+    "simulate_secagg",
     "spec_of",
     "sub",
+    "synthetic_task",
     "train_centralized",
     "train_holdout_split",
     "train_local",

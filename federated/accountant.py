@@ -25,7 +25,7 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
 
-from federated.errors import NumericsError
+from federated.errors import BudgetExceeded, NumericsError
 
 __all__ = ["BudgetExceeded", "PrivacyAccountant", "PrivacySpent"]
 
@@ -44,18 +44,6 @@ def _rdp_per_round(
     orders.setflags(write=False)
     rdp.setflags(write=False)
     return orders, rdp
-
-
-class BudgetExceeded(NumericsError):
-    """A round would take epsilon past the budget; nothing was spent."""
-
-    def __init__(self, epsilon: float, budget: float, rounds: int) -> None:
-        super().__init__(
-            f"{rounds} rounds would reach epsilon {epsilon:.4g}, over the budget {budget:.4g}"
-        )
-        self.epsilon = epsilon
-        self.budget = budget
-        self.rounds = rounds
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""Defensive decoding of payload bytes: size limits first, then structure, types and lengths."""
+"""Defensive decoding of payload bytes: size limits first, then structure, types and lengths.
+
+Version 1 documents are checked here; version 2 ones by `federated._payload_v2`.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ METHODS = ("int8", "float32")
 _TOP_KEYS = frozenset({"v", "method", "block", "base_digest", "digest", "tensors"})
 _TENSOR_KEYS = frozenset({"name", "shape", "q", "scales"})
 _MAX_NDIM = 8
+_MAX_MAP_LEN = 16  # the largest map of any version (version 2 has 11 keys)
 _MAX_NAME_LEN = 128
 _MAX_STR_LEN = 256
 _HEX = frozenset("0123456789abcdef")
@@ -83,7 +87,7 @@ def decompress_and_unpack(blob: bytes, limits: PayloadLimits) -> Any:
         max_bin_len=4 * limits.max_elements,
         max_str_len=_MAX_STR_LEN,
         max_array_len=max(limits.max_tensors, _MAX_NDIM),
-        max_map_len=len(_TOP_KEYS),
+        max_map_len=_MAX_MAP_LEN,
         max_ext_len=0,
     )
     try:

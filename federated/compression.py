@@ -1,4 +1,10 @@
-"""Per-block int8 quantization with unbiased stochastic rounding."""
+"""Per-block quantization to 8, 4 or 2 bits with unbiased stochastic rounding, and bit packing.
+
+A value x in a block with scale s = max|block| / qmax becomes the integer code
+floor(x / s + u), u ~ U[0, 1), clipped to [-qmax, qmax], so E[code * s] = x and
+|code * s - x| < s. qmax is 127 (8 bits), 7 (4 bits) or 1 (2 bits: ternary); zero is exact.
+On the wire, codes are offset by qmax to unsigned and packed 8 / bits to a byte, little end first.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,28 @@ import numpy as np
 
 from federated.errors import NumericsError, ShapeError
 
-__all__ = ["dequantize_int8", "num_blocks", "quantize_int8"]
+__all__ = [
+    "BITS",
+    "dequantize",
+    "dequantize_int8",
+    "num_blocks",
+    "pack_codes",
+    "packed_size",
+    "qmax",
+    "quantize",
+    "quantize_int8",
+    "unpack_codes",
+]
 
-_QMAX = 127
+BITS = (8, 4, 2)
+_QMAX = {8: 127, 4: 7, 2: 1}
+
+
+def qmax(bits: int) -> int:
+    """Return the largest code magnitude for `bits` (127, 7 or 1)."""
+    if bits not in _QMAX:
+        raise NumericsError(f"bits must be one of {BITS}, got {bits!r}")
+    return _QMAX[bits]
 
 
 def num_blocks(length: int, block: int) -> int:
@@ -25,15 +50,16 @@ def _padded(x: np.ndarray, block: int) -> np.ndarray:
     return out.reshape(nb, block)
 
 
-def quantize_int8(
-    x: np.ndarray, *, block: int, rng: np.random.Generator
+def quantize(
+    x: np.ndarray, *, bits: int, block: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Quantize a 1-D float32 vector to int8 with one float32 scale per block.
+    """Quantize a 1-D vector to int8 codes in [-qmax, qmax] and one float32 scale per block.
 
-    The scale of a block is max|x| / 127 (0 for an all-zero block). Rounding is stochastic
-    (floor(v + u), u ~ U[0, 1)), so the dequantized value is an unbiased estimate of x and
-    differs from it by less than one scale.
+    The scale of a block is max|x| / qmax (0 for an all-zero block). Rounding is stochastic,
+    so the dequantized value is an unbiased estimate of x and differs from it by less than
+    one scale.
     """
+    top = qmax(bits)
     vec = np.asarray(x)
     if vec.ndim != 1:
         raise ShapeError(f"expected a 1-D vector, got shape {vec.shape}")
@@ -41,15 +67,18 @@ def quantize_int8(
     if not np.all(np.isfinite(vec)):
         raise NumericsError("cannot quantize non-finite values")
     blocks = _padded(vec, block).astype(np.float64)
-    scales = (np.abs(blocks).max(axis=1, initial=0.0) / _QMAX).astype(np.float32)
+    largest = np.abs(blocks).max(axis=1, initial=0.0)
+    scales = (largest / top).astype(np.float32)
+    # A subnormal scale may round far down (or to zero); one ulp up restores |x| / s <= qmax.
+    low = (scales < np.finfo(np.float32).tiny) & (scales.astype(np.float64) * top < largest)
+    scales[low] = np.nextafter(scales[low], np.float32(np.inf))
     safe = np.where(scales > 0, scales, 1.0).astype(np.float64)[:, None]
-    scaled = blocks / safe
-    # Clip only guards the float32 rounding of the scale; |scaled| <= 127 up to one ulp.
-    q = np.clip(np.floor(scaled + rng.random(scaled.shape)), -_QMAX, _QMAX)
+    # Clip only guards the float32 rounding of a normal scale: |x| / s <= qmax up to one ulp.
+    q = np.clip(np.floor(blocks / safe + rng.random(blocks.shape)), -top, top)
     return q.astype(np.int8).ravel()[: vec.size], scales
 
 
-def dequantize_int8(q: np.ndarray, scales: np.ndarray, *, block: int) -> np.ndarray:
+def dequantize(q: np.ndarray, scales: np.ndarray, *, block: int) -> np.ndarray:
     """Return q * scale (float32), using the scale of each element's block."""
     qs = np.asarray(q)
     sc = np.asarray(scales, dtype=np.float32)
@@ -59,3 +88,62 @@ def dequantize_int8(q: np.ndarray, scales: np.ndarray, *, block: int) -> np.ndar
             f"got {sc.size}"
         )
     return qs.astype(np.float32) * np.repeat(sc, block)[: qs.size]
+
+
+def quantize_int8(
+    x: np.ndarray, *, block: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Quantize to int8 codes in [-127, 127]; `quantize` with bits=8."""
+    return quantize(x, bits=8, block=block, rng=rng)
+
+
+def dequantize_int8(q: np.ndarray, scales: np.ndarray, *, block: int) -> np.ndarray:
+    """Return q * scale (float32); `dequantize` of int8 codes."""
+    return dequantize(q, scales, block=block)
+
+
+def packed_size(count: int, bits: int) -> int:
+    """Return the bytes `count` codes of `bits` bits take when packed."""
+    qmax(bits)
+    return -(-count * bits // 8)
+
+
+def pack_codes(q: np.ndarray, *, bits: int) -> bytes:
+    """Pack codes in [-qmax, qmax] into `bits` bits each (little end of a byte first)."""
+    top = qmax(bits)
+    codes = np.asarray(q)
+    if codes.ndim != 1:
+        raise ShapeError(f"expected a 1-D vector of codes, got shape {codes.shape}")
+    if codes.size and (codes.min() < -top or codes.max() > top):
+        raise NumericsError(f"codes must lie in [-{top}, {top}] for {bits} bits")
+    unsigned = (codes.astype(np.int16) + top).astype(np.uint8)
+    if bits == 8:
+        return unsigned.tobytes()
+    per_byte = 8 // bits
+    flat = np.zeros(packed_size(codes.size, bits) * per_byte, dtype=np.uint8)
+    flat[: codes.size] = unsigned
+    shifts = (np.arange(per_byte, dtype=np.uint8) * bits)[None, :]
+    lanes = flat.reshape(-1, per_byte) << shifts
+    return np.bitwise_or.reduce(lanes, axis=1).astype(np.uint8).tobytes()
+
+
+def unpack_codes(raw: bytes, *, bits: int, count: int) -> np.ndarray:
+    """Inverse of `pack_codes`; raise NumericsError on a wrong length, a code out of range or
+    non-zero padding."""
+    top = qmax(bits)
+    if count < 0 or len(raw) != packed_size(count, bits):
+        raise ShapeError(f"{count} codes of {bits} bits need {packed_size(count, bits)} bytes")
+    packed = np.frombuffer(raw, dtype=np.uint8)
+    if bits == 8:
+        unsigned = packed
+    else:
+        per_byte = 8 // bits
+        shifts = (np.arange(per_byte, dtype=np.uint8) * bits)[None, :]
+        lanes = (packed[:, None] >> shifts) & np.uint8((1 << bits) - 1)
+        flat = lanes.ravel()
+        if np.any(flat[count:]):
+            raise NumericsError("non-zero padding after the last code")
+        unsigned = flat[:count]
+    if unsigned.size and unsigned.max() > 2 * top:
+        raise NumericsError(f"code out of range for {bits} bits")
+    return (unsigned.astype(np.int16) - top).astype(np.int8)

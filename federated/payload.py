@@ -10,6 +10,11 @@ Wire format, version 1: a zstd frame (content size always written) holding one m
 little-endian float32 per block of `block` elements ("int8") or nothing ("float32"). `digest`
 is `params.digest` of the model the receiver rebuilds, `base_digest` that of the model the delta
 applies to (None for a full model). Arrays travel as raw bytes: never pickle.
+
+Version 2 (`federated._payload_v2`) adds the methods "quant" (dense, 8/4/2 bits), "topk"
+(the largest entries of the delta, compact indices) and "prune" (a magnitude-pruned model);
+`make_payload` writes version 1 for "int8" and "float32", so older receivers keep working,
+and `read_payload` reads both versions.
 """
 
 from __future__ import annotations
@@ -27,11 +32,24 @@ from federated._payload_decode import (
     decode_document,
     decompress_and_unpack,
 )
+from federated._payload_v2 import V2_BITS, V2_METHODS, V2_VERSION, decode_v2, encode_v2
 from federated.compression import dequantize_int8, quantize_int8
 from federated.errors import NumericsError, PayloadError
-from federated.params import Params, ParamSpec, add, check_finite, digest, spec_of, sub
+from federated.params import (
+    Params,
+    ParamSpec,
+    add,
+    check_finite,
+    digest,
+    flatten,
+    spec_of,
+    sub,
+    unflatten,
+)
+from federated.sparsify import prune_magnitude
 
 __all__ = [
+    "ALL_METHODS",
     "DEFAULT_LIMITS",
     "Payload",
     "PayloadLimits",
@@ -41,6 +59,7 @@ __all__ = [
 ]
 
 DEFAULT_LIMITS = PayloadLimits()
+ALL_METHODS = (*METHODS, *V2_METHODS)
 
 
 @dataclass(frozen=True)
@@ -51,6 +70,11 @@ class Payload:
     base_digest: str | None
     digest: str
     delta: Params
+    bits: int = 32
+    block: int = 0
+    keep: float = 1.0
+    nnz: int | None = None
+    version: int = FORMAT_VERSION
 
 
 def _encode_tensor(
@@ -81,6 +105,25 @@ def _rebuild(base: Params | None, delta: Params) -> Params:
     return add(base, delta)
 
 
+def _keep(method: str, bits: int | None, density: float | None, sparsity: float | None) -> float:
+    """Check the parameters of a method; return the fraction of entries it keeps."""
+    if method in METHODS:
+        if bits is not None or density is not None or sparsity is not None:
+            raise NumericsError(f"method {method} takes no bits, density or sparsity")
+        return 1.0
+    if bits not in V2_BITS or (method == "quant" and bits == 32):
+        raise NumericsError(f"bits must be one of {V2_BITS} (not 32 for quant), got {bits!r}")
+    if (density is not None) != (method == "topk"):
+        raise NumericsError("density is required by topk and only by topk")
+    if (sparsity is not None) != (method == "prune"):
+        raise NumericsError("sparsity is required by prune and only by prune")
+    if density is not None and not 0.0 < density <= 1.0:
+        raise NumericsError(f"density must be in (0, 1], got {density}")
+    if sparsity is not None and not 0.0 <= sparsity < 1.0:
+        raise NumericsError(f"sparsity must be in [0, 1), got {sparsity}")
+    return density if density is not None else 1.0 - (sparsity or 0.0)
+
+
 def make_payload(
     target: Params,
     base: Params | None,
@@ -89,19 +132,36 @@ def make_payload(
     method: str = "int8",
     block: int = 256,
     level: int = 3,
+    bits: int | None = None,
+    density: float | None = None,
+    sparsity: float | None = None,
 ) -> tuple[bytes, Params]:
     """Encode `target` as a delta against `base` (the full model when None).
 
     Returns the blob and the model a receiver will rebuild from it (base + decoded delta),
     bit for bit; the blob's digest is the digest of that model.
+
+    Args:
+        method: "int8" or "float32" (format version 1); "quant", "topk" or "prune" (version 2).
+        bits: value width of the version 2 methods: 8 (default), 4, 2, or 32 (not for quant).
+        density: topk only; the fraction of the delta's entries sent (the largest).
+        sparsity: prune only; the fraction of each weight matrix zeroed (the smallest).
     """
-    if method not in METHODS:
-        raise NumericsError(f"unknown payload method {method!r}; expected one of {METHODS}")
+    if method not in ALL_METHODS:
+        raise NumericsError(f"unknown payload method {method!r}; expected one of {ALL_METHODS}")
     if block < 1:
         raise NumericsError(f"block must be positive, got {block}")
+    if method in V2_METHODS and bits is None:
+        bits = 8
+    keep = _keep(method, bits, density, sparsity)
     check_finite(target)
     if base is not None:
         check_finite(base)
+    if method in V2_METHODS:
+        model = prune_magnitude(target, sparsity) if sparsity is not None else target
+        return _make_v2(
+            model, base, rng=rng, method=method, bits=bits or 8, block=block, keep=keep, level=level
+        )
     delta = dict(target) if base is None else sub(target, base)
     entries: list[dict[str, object]] = []
     decoded: Params = {}
@@ -123,10 +183,59 @@ def make_payload(
     return blob, reconstructed
 
 
+def _make_v2(
+    model: Params,
+    base: Params | None,
+    *,
+    rng: np.random.Generator,
+    method: str,
+    bits: int,
+    block: int,
+    keep: float,
+    level: int,
+) -> tuple[bytes, Params]:
+    """Encode `model - base` as a version 2 document; see `make_payload`."""
+    spec = spec_of(model)
+    delta = flatten(model) if base is None else flatten(sub(model, base))
+    fields, decoded = encode_v2(
+        delta, method=method, bits=bits, block=block, keep=keep, rng=rng, level=level
+    )
+    reconstructed = _rebuild(base, unflatten(decoded, spec))
+    check_finite(reconstructed)
+    document = {
+        **fields,
+        "base": None if base is None else bytes.fromhex(digest(base)),
+        "digest": bytes.fromhex(digest(reconstructed)),
+        "spec": [[name, list(shape)] for name, shape in spec],
+    }
+    packed = msgpack.packb(document, use_bin_type=True)
+    blob = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(packed)
+    return blob, reconstructed
+
+
+def _read_v2(document: dict[str, object], limits: PayloadLimits) -> Payload:
+    doc = decode_v2(document, max_tensors=limits.max_tensors, max_elements=limits.max_elements)
+    return Payload(
+        method=doc.method,
+        base_digest=doc.base_digest,
+        digest=doc.digest,
+        delta=unflatten(doc.delta, doc.spec),
+        bits=doc.bits,
+        block=doc.block,
+        keep=doc.keep,
+        nnz=doc.nnz,
+        version=V2_VERSION,
+    )
+
+
 def read_payload(blob: bytes, *, limits: PayloadLimits = DEFAULT_LIMITS) -> Payload:
     """Decode and validate a payload; raise PayloadError (and nothing else) if it is bad."""
     try:
-        doc = decode_document(decompress_and_unpack(blob, limits), limits)
+        document = decompress_and_unpack(blob, limits)
+        version = document.get("v") if isinstance(document, dict) else None
+        if type(version) is int and version == V2_VERSION:
+            return _read_v2(document, limits)
+        doc = decode_document(document, limits)
         delta: Params = {}
         for tensor in doc.tensors:
             if doc.method == "int8":
@@ -142,7 +251,8 @@ def read_payload(blob: bytes, *, limits: PayloadLimits = DEFAULT_LIMITS) -> Payl
         raise
     except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
         raise PayloadError(f"malformed payload: {exc}") from exc
-    return Payload(method=doc.method, base_digest=doc.base_digest, digest=doc.digest, delta=delta)
+    bits = 8 if doc.method == "int8" else 32
+    return Payload(doc.method, doc.base_digest, doc.digest, delta, bits=bits, block=doc.block)
 
 
 def apply_payload(

@@ -8,7 +8,7 @@ import importlib
 
 from federated.adaptive_clipping import AdaptiveClip, AdaptiveClipDP
 from federated.aggregate import FedAvgAccumulator, fedavg
-from federated.compression import dequantize_int8, quantize_int8
+from federated.compression import dequantize, dequantize_int8, quantize, quantize_int8
 from federated.data import (
     dirichlet_partition,
     load_digits,
@@ -50,6 +50,7 @@ from federated.privacy import CentralDP, DistributedDP, clip_update, l2_norm
 from federated.robust import CoordinateMedian, NormBounded, TrimmedMean
 from federated.secagg import SecAggError, ThresholdError, simulate_secagg
 from federated.simulation import FederatedTask, digits_task, simulate
+from federated.sparsify import ErrorFeedback, prune_magnitude, top_k
 from federated.strategies import FedAdam, FedAvgM, FedYogi
 from federated.strategy import FedAvg, Strategy, Update
 from federated.synthetic import synthetic_task
@@ -74,6 +75,7 @@ __all__ = [
     "ClassificationMetrics",
     "CoordinateMedian",
     "DistributedDP",
+    "ErrorFeedback",
     "FedAdam",
     "FedAvg",
     "FedAvgAccumulator",
@@ -103,6 +105,7 @@ __all__ = [
     "classification_metrics",
     "clip_update",
     "confusion_matrix",
+    "dequantize",
     "dequantize_int8",
     "digest",
     "digits_task",
@@ -116,6 +119,8 @@ __all__ = [
     "loss_and_grads",
     "make_payload",
     "predict",
+    "prune_magnitude",
+    "quantize",
     "quantize_int8",
     "read_payload",
     "simulate",
@@ -124,6 +129,7 @@ __all__ = [
     "spec_of",
     "sub",
     "synthetic_task",
+    "top_k",
     "train_centralized",
     "train_holdout_split",
     "train_local",

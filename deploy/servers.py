@@ -6,6 +6,7 @@ disturbs servers already running on the standard ports.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -100,8 +101,18 @@ def mosquitto(workdir: Path, port: int | None = None) -> Server:
     data = workdir / "mosquitto-data"
     data.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
-    conf.write_text(MOSQUITTO_CONF.read_text().format(port=port, data_dir=data))
+    conf.write_text(MOSQUITTO_CONF.read_text().format(port=port, data_dir=data) + stay_user())
     return Server("mosquitto", port, workdir, [find_binary("mosquitto"), "-c", str(conf)])
+
+
+def stay_user() -> str:
+    """Config line keeping a private mosquitto started by root as root.
+
+    Started as root, mosquitto drops to the `mosquitto` user, which cannot write its persistence
+    file into our private (0700, root-owned) directory: every autosave failed with "Permission
+    denied" and a restart lost the sessions. This instance listens on loopback only.
+    """
+    return "\nuser root\n" if os.geteuid() == 0 else ""
 
 
 def redis(workdir: Path, port: int | None = None) -> Server:

@@ -61,11 +61,16 @@ class DeviceAgent:
         host: str,
         port: int,
         profile: DeviceProfile | None = None,
+        password: str | None = None,
         seed: int = 0,
     ) -> None:
         self.device_id = device_id
         self._x, self._y = x, y  # local data: stays in this process
         self.host, self.port = host, port
+        # With a password the device authenticates as its own id: the broker's ACL confines
+        # each username to its own topics (mosquitto/fedsaga.acl).
+        self._username = device_id if password else None
+        self._password = password
         self.profile = profile or DeviceProfile()
         self.battery = self.profile.battery
         self.models = LocalModelStore()
@@ -182,6 +187,8 @@ class DeviceAgent:
                         clean_start=False,
                         properties=props,
                         keepalive=10,
+                        username=self._username,
+                        password=self._password,
                     ) as client:
                         self.client = client
                         await client.subscribe(

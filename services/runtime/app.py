@@ -294,6 +294,7 @@ class Service:
                         properties=props,
                         keepalive=15,
                         timeout=5,  # a publish into a dead connection fails within 5 s
+                        **settings.mqtt_options(),
                     ) as client:
                         ctx.client = client
                         for sub in self._subscriptions(settings):

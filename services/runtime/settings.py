@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
+from aiomqtt import TLSParameters
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 
@@ -14,6 +16,10 @@ class Settings(BaseModel):
 
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
+    # Credentials and TLS for a broker like mosquitto/prod.conf; the dev broker needs none.
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_ca_file: str | None = None  # set: connect over TLS, verifying the broker with it
     redis_url: str = "redis://127.0.0.1:6379/0"
     instance: str = "0"
     # Several instances of one service share its subscriptions ($share/...) when set.
@@ -21,6 +27,8 @@ class Settings(BaseModel):
     session_expiry_s: int = 3600
     key_ttl_s: int = 7 * 24 * 3600
     timer_poll_ms: int = 50
+    # A device whose last will arrives mid-round fails only if still offline this much later.
+    offline_grace_ms: int = 3000
     # Data the validator holds out (disjoint from every device's data by construction).
     data_seed: int = 0
     holdout_fraction: float = 0.2
@@ -49,6 +57,16 @@ class Settings(BaseModel):
             raise ValueError("canary_stages must rise strictly within 1..100 and end at 100")
         return value
 
+    def mqtt_options(self) -> dict[str, Any]:
+        """Keyword arguments for `aiomqtt.Client`: credentials and TLS, when configured."""
+        options: dict[str, Any] = {}
+        if self.mqtt_username is not None:
+            options["username"] = self.mqtt_username
+            options["password"] = self.mqtt_password
+        if self.mqtt_ca_file is not None:
+            options["tls_params"] = TLSParameters(ca_certs=self.mqtt_ca_file)
+        return options
+
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         """Settings from the environment (`FEDSAGA_MQTT_PORT=1884` etc.), then overrides."""
@@ -66,6 +84,8 @@ class Settings(BaseModel):
         """These settings as environment variables, for a child process."""
         out = {}
         for name, value in self.model_dump().items():
+            if value is None:
+                continue
             text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
             out[f"FEDSAGA_{name.upper()}"] = text
         return out

@@ -72,17 +72,24 @@ async def on_report(report: DeviceReport, ctx: Context) -> None:
 
 
 async def on_status(status: DeviceStatus, ctx: Context) -> None:
-    """A device that goes offline (its last will) mid-iteration has failed it."""
+    """A device that goes offline (its last will) mid-iteration has failed it, unless it is
+    back within the grace period: a broker restart publishes every device's will, and the
+    devices reconnect a moment later."""
     if status.state != "offline":
         return
     round_id = await ctx.store.lease_owner(status.device_id)
     if round_id is None:
         return
+    if (await ctx.store.get_round(round_id)).get("status") == "running":
+        grace = ctx.settings.offline_grace_ms
+        await ctx.schedule(round_id, f"offline:{status.device_id}", now_ms() + grace)
+
+
+async def _still_offline(round_id: str, device_id: str, ctx: Context) -> None:
     state = await ctx.store.get_round(round_id)
-    if state.get("status") == "running":
-        await _mark_failed(
-            round_id, int(state.get("iteration", 0)), status.device_id, "went_offline", ctx
-        )
+    status = await ctx.store.device(device_id)
+    if state.get("status") == "running" and (status is None or status.state == "offline"):
+        await _mark_failed(round_id, int(state.get("iteration", 0)), device_id, "went_offline", ctx)
 
 
 async def _mark_failed(
@@ -107,8 +114,12 @@ async def on_connect(ctx: Context) -> None:
 
 
 async def on_timer(round_id: str, tag: str, ctx: Context) -> None:
-    """The iteration's deadline passed: whoever is still training has failed it."""
-    await close_if_settled(round_id, int(tag.split(":")[1]), ctx, deadline_passed=True)
+    """A deadline passed (whoever is still training has failed), or an offline grace ended."""
+    kind, _, arg = tag.partition(":")
+    if kind == "offline":
+        await _still_offline(round_id, arg, ctx)
+    else:
+        await close_if_settled(round_id, int(arg), ctx, deadline_passed=True)
 
 
 async def close_if_settled(

@@ -67,7 +67,18 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
     except NumericsError as exc:
         raise Rejected(f"update rejected: {exc}") from exc
     if not added:
-        return  # this device's update is already in the sum
+        # Already in the sum; announce it again in case the first announcement was lost
+        # (the coordinator's compare-and-set makes a repeat harmless).
+        await ctx.publish(
+            topics.round_event(round_id, UpdateReceived.topic_name),
+            UpdateReceived(
+                round_id=round_id,
+                iteration=it,
+                device_id=update.device_id,
+                num_examples=update.num_examples,
+            ),
+        )
+        return
     await ctx.store.incr(round_id, "bytes_up", len(update.blob))
     await ctx.store.incr(round_id, "payloads_up", 1)
     await ctx.emit(

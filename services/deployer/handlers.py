@@ -168,6 +168,11 @@ async def check_stage(round_id: str, stage: int, ctx: Context, *, timed_out: boo
 
 async def finish(round_id: str, ctx: Context) -> None:
     """Every stage passed: the version becomes active and the round succeeds."""
+    if await ctx.republish(round_id, "deployed", ModelDeployed) is not None:
+        # Done before: re-announce only. Re-activating here could roll the fleet back to
+        # this version after a later round deployed a newer one.
+        await ctx.republish(round_id, "completed", RoundCompleted)
+        return
     state = await ctx.store.get_round(round_id)
     model, version = state["model_name"], state["candidate_version"]
     await ctx.store.transition(

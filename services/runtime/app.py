@@ -19,6 +19,8 @@ from aiomqtt import ProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schemas import topics
 from schemas.base import now_ms
@@ -312,9 +314,10 @@ class Service:
                                 stack.callback(task.cancel)
                             async for message in client.messages:
                                 await self.dispatch(message, ctx)
-                except aiomqtt.MqttError as exc:
+                except (aiomqtt.MqttError, RedisConnectionError, RedisTimeoutError) as exc:
+                    # Either server gone: the journal keeps what was in flight; retry.
                     ctx.client = None
-                    log.warning("broker connection lost", error=str(exc), retry_in=backoff)
+                    log.warning("connection lost", error=str(exc), retry_in=backoff)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
         finally:

@@ -96,6 +96,8 @@ async def _mark_failed(
     round_id: str, iteration: int, device_id: str, reason: str, ctx: Context
 ) -> None:
     it_key = keys.iteration(round_id, iteration)
+    if await ctx.store.redis.sismember(keys.contributors(round_id, iteration), device_id):
+        return  # its update is in the aggregate: it did its part, whatever happened after
     if await ctx.store.hcas(it_key, device_id, TRAINING, f"failed:{reason}"):
         ctx.log.info("device failed", device_id=device_id, reason=reason, iteration=iteration)
         await close_if_settled(round_id, iteration, ctx)

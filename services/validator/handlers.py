@@ -46,7 +46,8 @@ async def next_version(model: str, parent: str | None, ctx: Context) -> Version:
     """The parent's next minor version, skipping any a concurrent round already took."""
     candidate = Version.parse(parent).next_minor() if parent else FIRST_VERSION
     taken = {Version.parse(v) for v in await ctx.store.versions(model)}
-    while candidate in taken:
+    # A record without its index entry (a registration cut short) is taken as well.
+    while candidate in taken or await ctx.store.get_version(model, str(candidate)):
         candidate = candidate.next_minor()
     return candidate
 

@@ -112,8 +112,8 @@ def apply_mean_delta(
     return strategy.aggregate(global_params, [Update(delta, 1)], rng)
 
 
-class CentralDP(Strategy):
-    """Central DP-FedAvg: clip each update, add N(0, (z C)^2) to the sum, divide by m."""
+class _GaussianDP(Strategy):
+    """What both DP-FedAvg variants are configured with: the wrapped strategy, z, C and m."""
 
     def __init__(
         self,
@@ -129,8 +129,13 @@ class CentralDP(Strategy):
         self.noise_multiplier = float(noise_multiplier)
         self.clip_norm = float(clip_norm)
         self.expected_clients = int(expected_clients)
-        #: how many of the last iteration's updates were within the clip norm
-        self.last_unclipped = 0
+
+
+class CentralDP(_GaussianDP):
+    """Central DP-FedAvg: clip each update, add N(0, (z C)^2) to the sum, divide by m."""
+
+    #: how many of the last iteration's updates were within the clip norm
+    last_unclipped = 0
 
     @property
     def noise_std(self) -> float:
@@ -148,7 +153,7 @@ class CentralDP(Strategy):
         return apply_mean_delta(self.strategy, global_params, total / self.expected_clients, rng)
 
 
-class DistributedDP(Strategy):
+class DistributedDP(_GaussianDP):
     """Distributed DP-FedAvg: clients clip and add a noise share; the server only sums.
 
     Use `client_uplink` as `simulate(uplink=...)` and the instance as its strategy. Each share
@@ -169,12 +174,12 @@ class DistributedDP(Strategy):
         clip_norm: float,
         expected_clients: int,
     ) -> None:
-        check_dp_config(strategy, noise_multiplier, expected_clients)
-        _check_positive("clip_norm", clip_norm)
-        self.strategy = strategy
-        self.noise_multiplier = float(noise_multiplier)
-        self.clip_norm = float(clip_norm)
-        self.expected_clients = int(expected_clients)
+        super().__init__(
+            strategy,
+            noise_multiplier=noise_multiplier,
+            clip_norm=clip_norm,
+            expected_clients=expected_clients,
+        )
         self.last_noise_multiplier = self.noise_multiplier
 
     @property

@@ -110,7 +110,13 @@ class FedAvgM(ServerOptimizer):
 class _AdaptiveOptimizer(ServerOptimizer):
     """Adam-family server optimizer (Reddi et al. 2021): first moment m, second moment v."""
 
-    def __init__(self, server_lr: float, beta1: float, beta2: float, tau: float) -> None:
+    def __init__(
+        self,
+        server_lr: float = 0.01,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        tau: float = 1e-3,
+    ) -> None:
         super().__init__(server_lr)
         _check_unit_interval("beta1", beta1)
         _check_unit_interval("beta2", beta2)
@@ -142,30 +148,12 @@ class _AdaptiveOptimizer(ServerOptimizer):
 class FedAdam(_AdaptiveOptimizer):
     """Adam on the server: v is an exponential moving average of Δ²."""
 
-    def __init__(
-        self,
-        server_lr: float = 0.01,
-        beta1: float = 0.9,
-        beta2: float = 0.99,
-        tau: float = 1e-3,
-    ) -> None:
-        super().__init__(server_lr, beta1, beta2, tau)
-
     def _second_moment(self, v: np.ndarray, delta_sq: np.ndarray) -> np.ndarray:
         return self.beta2 * v + (1.0 - self.beta2) * delta_sq
 
 
 class FedYogi(_AdaptiveOptimizer):
     """Yogi on the server: v moves towards Δ² by an additive, sign-controlled step."""
-
-    def __init__(
-        self,
-        server_lr: float = 0.01,
-        beta1: float = 0.9,
-        beta2: float = 0.99,
-        tau: float = 1e-3,
-    ) -> None:
-        super().__init__(server_lr, beta1, beta2, tau)
 
     def _second_moment(self, v: np.ndarray, delta_sq: np.ndarray) -> np.ndarray:
         # Yogi's additive update keeps v from shrinking fast when Δ² drops (Zaheer et al. 2018).

@@ -1,7 +1,7 @@
 """The small runtime every fedsaga service shares."""
 
 from services.runtime.app import Context, Route, Service
-from services.runtime.errors import FlError, Rejected, RetryLater, SagaConflict, StaleRound
+from services.runtime.errors import FlError, Rejected, SagaConflict, StaleRound
 from services.runtime.main import main
 from services.runtime.settings import Settings
 from services.runtime.store import SagaStore
@@ -10,7 +10,6 @@ __all__ = [
     "Context",
     "FlError",
     "Rejected",
-    "RetryLater",
     "Route",
     "SagaConflict",
     "SagaStore",

@@ -27,7 +27,7 @@ from schemas.base import now_ms
 from schemas.codec import decode_any, encode
 from schemas.errors import DecodeError
 from schemas.events import ErrorReport, Event, RoundFailed, StepCompensated
-from services.runtime.errors import Rejected, RetryLater
+from services.runtime.errors import Rejected
 from services.runtime.settings import Settings
 from services.runtime.store import SagaStore
 
@@ -248,11 +248,6 @@ class Service:
                 await ctx.reject(topic, exc.reason, round_id)
             except aiomqtt.MqttError:
                 raise  # the connection is gone: the journal keeps the message for replay
-            except RetryLater as exc:
-                log.info("retry later", defer_ms=exc.defer_ms)
-                await asyncio.sleep(exc.defer_ms / 1000)
-                await ctx.publish(topic, obj)  # re-enqueue behind what is waiting
-                return
             except Exception as exc:
                 log.exception("handler failed")
                 await ctx.reject(topic, f"internal error: {type(exc).__name__}: {exc}", round_id)

@@ -3,8 +3,7 @@
 FlError
  ├── Rejected(reason)        input refused: reported on fl/errors/{service}, state untouched
  │    └── StaleRound         the event belongs to a round or iteration that has moved on
- ├── SagaConflict            a concurrent writer won an optimistic transition; retried
- └── RetryLater(defer_ms)    not yet possible; the runtime re-schedules the event
+ └── SagaConflict            an optimistic transition kept losing to concurrent writers
 """
 
 
@@ -26,11 +25,3 @@ class StaleRound(Rejected):
 
 class SagaConflict(FlError):
     """An optimistic Redis transition lost to a concurrent writer too many times."""
-
-
-class RetryLater(FlError):
-    """The handler cannot act yet; try the same event again after `defer_ms`."""
-
-    def __init__(self, defer_ms: int, reason: str = "") -> None:
-        self.defer_ms = defer_ms
-        super().__init__(reason or f"retry in {defer_ms} ms")

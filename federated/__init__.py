@@ -18,6 +18,7 @@ from federated.data import (
 )
 from federated.errors import BudgetExceeded, NumericsError, PayloadError, ShapeError
 from federated.krum import MultiKrum
+from federated.mask import SeededMask, erk_densities
 from federated.metrics import ClassificationMetrics, classification_metrics, confusion_matrix
 from federated.model import (
     TrainStats,
@@ -93,6 +94,7 @@ __all__ = [
     "PrivacyAccountant",
     "PrivacySpent",
     "SecAggError",
+    "SeededMask",
     "ShapeError",
     "Strategy",
     "ThresholdError",
@@ -110,6 +112,7 @@ __all__ = [
     "digest",
     "digits_task",
     "dirichlet_partition",
+    "erk_densities",
     "fedavg",
     "flatten",
     "forward_logits",

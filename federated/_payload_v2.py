@@ -2,7 +2,7 @@
 
 Wire document (a msgpack map in a zstd frame that declares its content size, as version 1)::
 
-    {"v": 2, "method": "quant" | "topk" | "prune", "bits": 32 | 8 | 4 | 2, "block": int,
+    {"v": 2, "method": "quant" | "topk" | "prune" | "mask", "bits": 32 | 8 | 4 | 2, "block": int,
      "keep": float, "base": bin(32) | None, "digest": bin(32),
      "spec": [[name, [dim, ...]], ...],
      "index": None | [coding, nnz, bin],
@@ -12,6 +12,9 @@ The tensors named in `spec` are concatenated in order into one delta vector of n
 "quant" sends all n entries (`index` is None); "topk" sends the ceil(keep * n) entries of
 largest magnitude; "prune" sends the non-zero entries of (pruned target - base), the target
 having lost the (1 - keep) smallest-magnitude fraction of every weight matrix (biases whole).
+"mask" sends the entries under a seeded mask (`federated.mask`) whatever their value: its
+`index` is ["seeded", nnz, mask bytes], from which the receiver rebuilds the positions, so they
+cost 8 bytes a tensor instead of about one byte each.
 `index` gives the sent entries' positions (`federated.sparsify` codings), the rest of the
 delta is zero. `values` are little-endian float32 (bits 32) or packed codes with one float32
 scale per `block` sent values (`federated.compression`). `base` and `digest` are the raw
@@ -36,11 +39,13 @@ from federated.compression import (
     unpack_codes,
 )
 from federated.errors import NumericsError, PayloadError
+from federated.mask import SeededMask
 from federated.params import ParamSpec
 from federated.sparsify import decode_indices, encode_indices, top_k
 
 V2_VERSION = 2
-V2_METHODS = ("quant", "topk", "prune")
+V2_METHODS = ("quant", "topk", "prune", "mask")
+SEEDED = "seeded"
 V2_BITS = (32, *BITS)
 V2_KEYS = frozenset(
     {"v", "method", "bits", "block", "keep", "base", "digest", "spec", "index", "values", "scales"}
@@ -95,11 +100,17 @@ def encode_v2(
     keep: float,
     rng: np.random.Generator,
     level: int,
+    spec: ParamSpec,
+    mask: SeededMask | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Return the wire fields describing a flat delta and the flat delta a receiver decodes."""
     n = delta.size
     if method == "quant":
         idx = None
+    elif method == "mask":
+        if mask is None:
+            raise NumericsError("method mask needs a mask")
+        idx = np.flatnonzero(mask.flat(spec)).astype(np.int64)
     elif method == "topk":
         idx = top_k(delta, math.ceil(keep * n))
         idx = idx[delta[idx] != 0]
@@ -118,7 +129,10 @@ def encode_v2(
         decoded[:] = values
     else:
         decoded[idx] = values
-        coding, index_raw = encode_indices(idx, n, level=level)
+        if mask is not None:
+            coding, index_raw = SEEDED, mask.to_bytes()
+        else:
+            coding, index_raw = encode_indices(idx, n, level=level)
         index = [coding, int(idx.size), index_raw]
     fields = {
         "v": V2_VERSION,
@@ -169,6 +183,14 @@ def _spec(value: Any, max_tensors: int, max_elements: int) -> tuple[ParamSpec, i
     return tuple(spec), total
 
 
+def _seeded_indices(raw: bytes, spec: ParamSpec, nnz: int) -> np.ndarray:
+    """The positions a "seeded" index names; they must number `nnz`."""
+    idx = np.flatnonzero(SeededMask.from_bytes(raw, len(spec)).flat(spec))
+    if idx.size != nnz:
+        raise PayloadError(f"the mask keeps {idx.size} entries, the payload says {nnz}")
+    return idx
+
+
 def decode_v2(top: dict[str, Any], *, max_tensors: int, max_elements: int) -> V2Document:
     """Validate a version-2 map and decode its delta; raise PayloadError if anything is off."""
     if set(top) != V2_KEYS:
@@ -204,7 +226,13 @@ def decode_v2(top: dict[str, Any], *, max_tensors: int, max_elements: int) -> V2
         nnz = _int(nnz_raw, "nnz", 0, limit)
         if not isinstance(coding, str) or not isinstance(index_raw, bytes):
             raise PayloadError("index coding must be a string and its data binary")
-        idx = decode_indices(coding, index_raw, n=n, count=nnz)
+        if (coding == SEEDED) != (method == "mask"):
+            raise PayloadError(f"method {method} cannot use index coding {coding!r}")
+        idx = (
+            _seeded_indices(index_raw, spec, nnz)
+            if method == "mask"
+            else (decode_indices(coding, index_raw, n=n, count=nnz))
+        )
         delta[idx] = _decode_values(values_raw, scales_raw, bits=bits, block=block, count=nnz)
     if not np.all(np.isfinite(delta)):
         raise PayloadError("payload decodes to non-finite values")

@@ -12,7 +12,8 @@ is `params.digest` of the model the receiver rebuilds, `base_digest` that of the
 applies to (None for a full model). Arrays travel as raw bytes: never pickle.
 
 Version 2 (`federated._payload_v2`) adds the methods "quant" (dense, 8/4/2 bits), "topk"
-(the largest entries of the delta, compact indices) and "prune" (a magnitude-pruned model);
+(the largest entries of the delta, compact indices), "prune" (a magnitude-pruned model) and
+"mask" (the entries under a seeded sparse mask, positions rebuilt from the seed);
 `make_payload` writes version 1 for "int8" and "float32", so older receivers keep working,
 and `read_payload` reads both versions.
 """
@@ -35,6 +36,7 @@ from federated._payload_decode import (
 from federated._payload_v2 import V2_BITS, V2_METHODS, V2_VERSION, decode_v2, encode_v2
 from federated.compression import dequantize_int8, quantize_int8
 from federated.errors import NumericsError, PayloadError
+from federated.mask import SeededMask
 from federated.params import (
     Params,
     ParamSpec,
@@ -105,12 +107,20 @@ def _rebuild(base: Params | None, delta: Params) -> Params:
     return add(base, delta)
 
 
-def _keep(method: str, bits: int | None, density: float | None, sparsity: float | None) -> float:
+def _keep(
+    method: str,
+    bits: int | None,
+    density: float | None,
+    sparsity: float | None,
+    mask: SeededMask | None,
+) -> float:
     """Check the parameters of a method; return the fraction of entries it keeps."""
     if method in METHODS:
-        if bits is not None or density is not None or sparsity is not None:
-            raise NumericsError(f"method {method} takes no bits, density or sparsity")
+        if bits is not None or density is not None or sparsity is not None or mask is not None:
+            raise NumericsError(f"method {method} takes no bits, density, sparsity or mask")
         return 1.0
+    if (mask is not None) != (method == "mask"):
+        raise NumericsError("mask is required by method mask and only by it")
     if bits not in V2_BITS or (method == "quant" and bits == 32):
         raise NumericsError(f"bits must be one of {V2_BITS} (not 32 for quant), got {bits!r}")
     if (density is not None) != (method == "topk"):
@@ -121,6 +131,8 @@ def _keep(method: str, bits: int | None, density: float | None, sparsity: float 
         raise NumericsError(f"density must be in (0, 1], got {density}")
     if sparsity is not None and not 0.0 <= sparsity < 1.0:
         raise NumericsError(f"sparsity must be in [0, 1), got {sparsity}")
+    if mask is not None:
+        return max(mask.densities, default=1.0)
     return density if density is not None else 1.0 - (sparsity or 0.0)
 
 
@@ -135,6 +147,7 @@ def make_payload(
     bits: int | None = None,
     density: float | None = None,
     sparsity: float | None = None,
+    mask: SeededMask | None = None,
 ) -> tuple[bytes, Params]:
     """Encode `target` as a delta against `base` (the full model when None).
 
@@ -142,10 +155,13 @@ def make_payload(
     bit for bit; the blob's digest is the digest of that model.
 
     Args:
-        method: "int8" or "float32" (format version 1); "quant", "topk" or "prune" (version 2).
+        method: "int8" or "float32" (format version 1); "quant", "topk", "prune" or "mask"
+            (version 2).
         bits: value width of the version 2 methods: 8 (default), 4, 2, or 32 (not for quant).
         density: topk only; the fraction of the delta's entries sent (the largest).
         sparsity: prune only; the fraction of each weight matrix zeroed (the smallest).
+        mask: mask only; the seeded mask of the round. Entries of the delta outside it are
+            not sent (the receiver's model differs there, as its digest records).
     """
     if method not in ALL_METHODS:
         raise NumericsError(f"unknown payload method {method!r}; expected one of {ALL_METHODS}")
@@ -153,14 +169,22 @@ def make_payload(
         raise NumericsError(f"block must be positive, got {block}")
     if method in V2_METHODS and bits is None:
         bits = 8
-    keep = _keep(method, bits, density, sparsity)
+    keep = _keep(method, bits, density, sparsity, mask)
     check_finite(target)
     if base is not None:
         check_finite(base)
     if method in V2_METHODS:
         model = prune_magnitude(target, sparsity) if sparsity is not None else target
         return _make_v2(
-            model, base, rng=rng, method=method, bits=bits or 8, block=block, keep=keep, level=level
+            model,
+            base,
+            rng=rng,
+            method=method,
+            bits=bits or 8,
+            block=block,
+            keep=keep,
+            level=level,
+            mask=mask,
         )
     delta = dict(target) if base is None else sub(target, base)
     entries: list[dict[str, object]] = []
@@ -193,12 +217,21 @@ def _make_v2(
     block: int,
     keep: float,
     level: int,
+    mask: SeededMask | None,
 ) -> tuple[bytes, Params]:
     """Encode `model - base` as a version 2 document; see `make_payload`."""
     spec = spec_of(model)
     delta = flatten(model) if base is None else flatten(sub(model, base))
     fields, decoded = encode_v2(
-        delta, method=method, bits=bits, block=block, keep=keep, rng=rng, level=level
+        delta,
+        method=method,
+        bits=bits,
+        block=block,
+        keep=keep,
+        rng=rng,
+        level=level,
+        spec=spec,
+        mask=mask,
     )
     reconstructed = _rebuild(base, unflatten(decoded, spec))
     check_finite(reconstructed)

@@ -3,7 +3,9 @@
 Each iteration samples clients, sends them the global model through `downlink` (what the device
 rebuilds, and the bytes it cost), trains locally, passes the delta through `uplink` (device-side
 compression, clipping, noise: what the server decodes, and the bytes), optionally lets Byzantine
-clients replace theirs, and hands the updates to the strategy. No I/O, no asyncio.
+clients replace theirs, and hands the updates to the strategy. With a `mask` the model is
+trained sparse: the initial model is masked (and rescaled, `SeededMask.rescaled`) and devices
+move only the entries under it. No I/O, no asyncio.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from federated.data import dirichlet_partition, load_digits, train_holdout_split
+from federated.mask import SeededMask
 from federated.metrics import classification_metrics
 from federated.model import init_mlp, predict, train_local
-from federated.params import Params, flatten, sub
+from federated.params import Params, flatten, spec_of, sub
 from federated.strategy import FedAvg, Strategy, Update
 
 #: device side, per update: (delta, rng) -> (delta the server decodes, bytes sent)
@@ -120,11 +123,16 @@ def simulate(
     attack: Attack | None = None,
     prox_mu: float = 0.0,
     initial: Params | None = None,
+    mask: SeededMask | None = None,
     on_iteration: Callable[[int, Params], None] | None = None,
 ) -> SimulationResult:
     """Run `iterations` federated iterations; see the module docstring."""
     strategy = strategy or FedAvg()
     global_params = initial if initial is not None else init_mlp(task.sizes, rng)
+    ones = None
+    if mask is not None:
+        global_params = mask.rescaled(global_params)
+        ones = mask.params(spec_of(global_params))
     held: dict[int, Params] = {}
     bad = set(byzantine)
     result = SimulationResult()
@@ -146,6 +154,7 @@ def simulate(
                 lr=lr,
                 rng=rng,
                 prox_mu=prox_mu,
+                mask=ones,
             )
             delta = sub(trained, start)
             if client in bad and attack is not None:

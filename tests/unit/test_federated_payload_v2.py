@@ -369,12 +369,15 @@ def test_corrupted_v2_blobs_raise_only_payload_error(
 
 @_FUZZ
 @given(
-    st.sampled_from(["quant", "topk", "prune", "x"]),
+    st.sampled_from(["quant", "topk", "prune", "mask", "x"]),
     st.sampled_from([32, 8, 4, 2, 1]),
     st.integers(-1, 40),
     st.floats(-0.5, 1.5) | st.integers(0, 1),
     st.lists(st.integers(-2, 12), max_size=3),
-    st.none() | st.tuples(st.sampled_from(["gaps", "bitmap"]), st.integers(-2, 60), st.binary()),
+    st.none()
+    | st.tuples(
+        st.sampled_from(["gaps", "bitmap", "seeded"]), st.integers(-2, 60), st.binary(max_size=24)
+    ),
     st.binary(max_size=80),
     st.binary(max_size=24),
 )

@@ -129,7 +129,7 @@ def encode_v2(
         decoded[:] = values
     else:
         decoded[idx] = values
-        if mask is not None:
+        if method == "mask" and mask is not None:
             coding, index_raw = SEEDED, mask.to_bytes()
         else:
             coding, index_raw = encode_indices(idx, n, level=level)
@@ -228,12 +228,13 @@ def decode_v2(top: dict[str, Any], *, max_tensors: int, max_elements: int) -> V2
             raise PayloadError("index coding must be a string and its data binary")
         if (coding == SEEDED) != (method == "mask"):
             raise PayloadError(f"method {method} cannot use index coding {coding!r}")
-        idx = (
-            _seeded_indices(index_raw, spec, nnz)
-            if method == "mask"
-            else (decode_indices(coding, index_raw, n=n, count=nnz))
-        )
-        delta[idx] = _decode_values(values_raw, scales_raw, bits=bits, block=block, count=nnz)
+        # Values first: their sizes are checked before any positions are built.
+        values = _decode_values(values_raw, scales_raw, bits=bits, block=block, count=nnz)
+        if method == "mask":
+            idx = _seeded_indices(index_raw, spec, nnz)
+        else:
+            idx = decode_indices(coding, index_raw, n=n, count=nnz)
+        delta[idx] = values
     if not np.all(np.isfinite(delta)):
         raise PayloadError("payload decodes to non-finite values")
     return V2Document(method, bits, block, keep, base, digest, spec, delta, nnz)

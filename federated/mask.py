@@ -6,16 +6,18 @@ seeded random subset of its entries for the whole round. Training touches only t
 so every model, delta and update in the round is zero elsewhere, and a payload carries only the
 values at the mask's positions; the receiver rebuilds the positions from (seed, densities).
 
-Entry i of tensor j is kept when the i-th raw 64-bit output of PCG64 seeded with
-``SeedSequence([seed, j])`` is below ``density_j * 2**64``: the raw stream of PCG64 and the
-SeedSequence mixing are fixed algorithms, so any numpy that has them builds the same mask.
-Each entry is an independent Bernoulli draw, so the count kept varies a little around
-density * size.
+Entry i of tensor j is kept when the i-th little-endian uint32 of the ChaCha20 keystream (RFC
+8439, zero nonce) keyed by ``sha256(b"fedsaga/mask/v1" + seed as uint64 LE + j as uint32 LE)``
+is below ``floor(density_j * 2**32)``. Both are fully specified algorithms, so a device written
+in any language rebuilds the same mask; numpy's generators promise no such thing. Each entry is
+an independent Bernoulli draw, so the count kept varies a little around density * size.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import operator
 import struct
 from dataclasses import dataclass
 
@@ -23,11 +25,12 @@ import numpy as np
 
 from federated.errors import NumericsError, PayloadError
 from federated.params import Params, ParamSpec
+from federated.secagg.prg import expand_mask
 
 __all__ = ["SeededMask", "erk_densities"]
 
-_TWO_64 = float(2**64)
-_MAX_SEED = 2**63 - 1
+_DOMAIN = b"fedsaga/mask/v1"
+_MAX_SEED = 2**64 - 1  # the seed travels as a uint64
 
 
 def erk_densities(spec: ParamSpec, density: float, *, min_ndim: int = 2) -> tuple[float, ...]:
@@ -69,8 +72,12 @@ class SeededMask:
     densities: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not 0 <= self.seed <= _MAX_SEED:
-            raise NumericsError(f"mask seed must be an integer in [0, 2**63), got {self.seed!r}")
+        try:
+            seed = operator.index(self.seed)
+        except TypeError:
+            seed = -1
+        if isinstance(self.seed, bool) or not 0 <= seed <= _MAX_SEED:
+            raise NumericsError(f"mask seed must be an integer in [0, 2**64), got {self.seed!r}")
         if not all(math.isfinite(d) and 0.0 < d <= 1.0 for d in self.densities):
             raise NumericsError(f"mask densities must be in (0, 1], got {self.densities}")
 
@@ -89,8 +96,9 @@ class SeededMask:
             if density >= 1.0:
                 parts.append(np.ones(size, dtype=bool))
                 continue
-            raw = np.random.PCG64(np.random.SeedSequence([self.seed, j])).random_raw(size)
-            parts.append(raw < np.uint64(min(density * _TWO_64, _TWO_64 - 2048)))
+            key = hashlib.sha256(_DOMAIN + struct.pack("<QI", self.seed, j)).digest()
+            # density < 1, so the threshold is below 2**32 and fits a uint32 comparison
+            parts.append(expand_mask(key, size) < np.uint64(math.floor(density * 2**32)))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
     def params(self, spec: ParamSpec) -> Params:

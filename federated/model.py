@@ -120,13 +120,13 @@ def train_local(
     lr: float,
     rng: np.random.Generator,
     prox_mu: float = 0.0,
-    mask: Params | None = None,
+    trainable: Params | None = None,
 ) -> tuple[Params, TrainStats]:
     """Run minibatch SGD from a copy of `params`; `prox_mu` > 0 adds the FedProx term.
 
-    With `mask` (ones and zeros shaped like `params`), only entries under a one move: sparse
-    training, as `federated.mask` describes. Returns the trained parameters and their
-    loss/accuracy on (x, y) after training.
+    With `trainable` (ones and zeros shaped like `params`, e.g. `SeededMask.params`), only the
+    entries under a one move: sparse training, as `federated.mask` describes. Returns the
+    trained parameters and their loss/accuracy on (x, y) after training.
     """
     if epochs < 1 or batch_size < 1 or not lr > 0 or not prox_mu >= 0:
         raise NumericsError(
@@ -145,8 +145,8 @@ def train_local(
             for k, g in grads.items():
                 if prox_mu > 0:
                     g = g + prox_mu * (current[k] - start[k])
-                if mask is not None:
-                    g = g * mask[k]
+                if trainable is not None:
+                    g = g * trainable[k]
                 current[k] -= np.float32(lr) * g.astype(np.float32)
     check_finite(current)
     return current, _evaluate(current, xs, ys)

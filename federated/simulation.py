@@ -4,8 +4,9 @@ Each iteration samples clients, sends them the global model through `downlink` (
 rebuilds, and the bytes it cost), trains locally, passes the delta through `uplink` (device-side
 compression, clipping, noise: what the server decodes, and the bytes), optionally lets Byzantine
 clients replace theirs, and hands the updates to the strategy. With a `mask` the model is
-trained sparse: the initial model is masked (and rescaled, `SeededMask.rescaled`) and devices
-move only the entries under it. No I/O, no asyncio.
+trained sparse: the initial model is masked (a fresh one also rescaled, `SeededMask.rescaled`),
+devices move only the entries under it, and the server masks each new global model. No I/O, no
+asyncio.
 """
 
 from __future__ import annotations
@@ -131,7 +132,9 @@ def simulate(
     global_params = initial if initial is not None else init_mlp(task.sizes, rng)
     ones = None
     if mask is not None:
-        global_params = mask.rescaled(global_params)
+        # A fresh init is rescaled for its sparsity; a given model is only masked.
+        fresh = initial is None
+        global_params = mask.rescaled(global_params) if fresh else mask.apply(global_params)
         ones = mask.params(spec_of(global_params))
     held: dict[int, Params] = {}
     bad = set(byzantine)
@@ -154,7 +157,7 @@ def simulate(
                 lr=lr,
                 rng=rng,
                 prox_mu=prox_mu,
-                mask=ones,
+                trainable=ones,
             )
             delta = sub(trained, start)
             if client in bad and attack is not None:
@@ -163,6 +166,9 @@ def simulate(
             up += nbytes
             updates.append(Update(sent, len(data.y), client))
         global_params = strategy.aggregate(global_params, updates, rng)
+        if ones is not None:
+            # Noise, attacks or a dense uplink can reach outside the mask; the model may not.
+            global_params = {k: v * ones[k] for k, v in global_params.items()}
         result.accuracy.append(evaluate(global_params, task))
         result.bytes_down.append(down / len(chosen))
         result.bytes_up.append(up / len(chosen))

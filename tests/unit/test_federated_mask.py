@@ -1,13 +1,16 @@
 """Tests for the seeded sparse mask: ERK densities, determinism, sparse training, payloads."""
 
+import contextlib
 import hashlib
 import math
+import struct
 from typing import Any
 
 import msgpack
 import numpy as np
 import pytest
 import zstandard
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -82,13 +85,53 @@ def test_mask_is_a_pure_function_of_seed_and_densities() -> None:
     assert mask.flat(spec).size == flatten(init_mlp(_SIZES, np.random.default_rng(0))).size
 
 
-def test_mask_positions_are_pinned() -> None:
-    # Devices and servers must build the same mask on any numpy: pin one. A change here means
-    # PCG64 or SeedSequence changed and every deployed device would disagree with the server.
+def _by_the_docstring(seed: int, index: int, density: float, size: int) -> np.ndarray:
+    """The mask of one tensor rebuilt from `federated.mask`'s description alone."""
+    key = hashlib.sha256(b"fedsaga/mask/v1" + struct.pack("<QI", seed, index)).digest()
+    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    words = np.frombuffer(stream.update(bytes(4 * size)), dtype="<u4")
+    return words < math.floor(density * 2**32)
+
+
+@pytest.mark.parametrize(
+    ("seed", "densities", "count", "bits"),
+    [
+        (12345, (0.3, 1.0, 0.5, 1.0), 29, "504c16530829fc014ce0"),
+        (2**40 + 7, (0.999999, 1.0, 0.01, 1.0), 57, "fffffffffffffc0000e0"),
+    ],
+)
+def test_mask_positions_are_pinned(
+    seed: int, densities: tuple[float, ...], count: int, bits: str
+) -> None:
+    # Devices and servers must build the same mask in any language: the positions follow the
+    # algorithm the module docstring gives, and are pinned so a change cannot pass unnoticed.
     spec = _spec((8, 6, 3))
-    flat = SeededMask(12345, (0.3, 1.0, 0.5, 1.0)).flat(spec)
-    assert int(flat.sum()) == 30
-    assert hashlib.sha256(np.packbits(flat).tobytes()).hexdigest()[:16] == "2bf7ee13da2baf0a"
+    flat = SeededMask(seed, densities).flat(spec)
+    expected = np.concatenate(
+        [
+            _by_the_docstring(seed, j, d, math.prod(shape))
+            if d < 1
+            else np.ones(math.prod(shape), dtype=bool)
+            for j, ((_, shape), d) in enumerate(zip(spec, densities, strict=True))
+        ]
+    )
+    np.testing.assert_array_equal(flat, expected)
+    assert int(flat.sum()) == count
+    assert np.packbits(flat).tobytes().hex() == bits
+
+
+def test_flat_refuses_a_spec_of_another_length() -> None:
+    with pytest.raises(NumericsError, match="densities"):
+        SeededMask(1, (0.5, 1.0)).flat(_spec())
+
+
+def test_erk_handles_higher_rank_and_empty_weights() -> None:
+    spec: ParamSpec = (("conv", (3, 3, 8, 16)), ("empty", (0, 5)), ("fc", (64, 10)), ("b", (10,)))
+    densities = erk_densities(spec, 0.2)
+    assert densities[1] == 1.0
+    assert densities[3] == 1.0
+    assert _weights_kept(spec, densities) == pytest.approx(0.2)
+    assert SeededMask(3, densities).flat(spec).size == 3 * 3 * 8 * 16 + 64 * 10 + 10
 
 
 def test_each_tensor_keeps_about_its_density() -> None:
@@ -118,7 +161,7 @@ def test_apply_and_rescaled() -> None:
 
 
 def test_bytes_round_trip_and_bad_bytes() -> None:
-    mask = SeededMask.erk(_spec(), 0.1, seed=2**40)
+    mask = SeededMask.erk(_spec(), 0.1, seed=2**64 - 1)
     assert SeededMask.from_bytes(mask.to_bytes(), 6) == mask
     with pytest.raises(PayloadError):
         SeededMask.from_bytes(mask.to_bytes(), 5)
@@ -129,9 +172,18 @@ def test_bytes_round_trip_and_bad_bytes() -> None:
 
 @pytest.mark.parametrize(
     ("seed", "densities"),
-    [(-1, (0.5,)), (2**63, (0.5,)), (1, (0.0,)), (1, (1.5,)), (1, (float("inf"),))],
+    [
+        (-1, (0.5,)),
+        (2**64, (0.5,)),
+        (1.5, (0.5,)),
+        ("1", (0.5,)),
+        (True, (0.5,)),
+        (1, (0.0,)),
+        (1, (1.5,)),
+        (1, (float("inf"),)),
+    ],
 )
-def test_bad_masks_are_refused(seed: int, densities: tuple[float, ...]) -> None:
+def test_bad_masks_are_refused(seed: Any, densities: tuple[float, ...]) -> None:
     with pytest.raises(NumericsError):
         SeededMask(seed, densities)
 
@@ -146,7 +198,7 @@ def test_masked_training_moves_only_the_kept_entries() -> None:
     y = rng.integers(0, 10, 40)
     # Execute
     trained, _ = train_local(
-        start, x, y, epochs=2, batch_size=8, lr=0.1, rng=rng, mask=mask.params(spec_of(params))
+        start, x, y, epochs=2, batch_size=8, lr=0.1, rng=rng, trainable=mask.params(spec_of(params))
     )
     # Assert: nothing outside the mask moved, and training did move what is inside.
     kept = mask.flat(spec_of(params))
@@ -176,6 +228,63 @@ def test_simulate_with_a_mask_keeps_the_global_model_sparse() -> None:
     assert result.final is not None
     assert np.all(flatten(result.final)[~mask.flat(spec_of(initial))] == 0)
     assert result.accuracy[-1] > 0.3
+
+
+def test_simulate_masks_a_given_model_without_rescaling_it() -> None:
+    # Prepare: resuming from a model must not rescale it again
+    rng = np.random.default_rng(0)
+    task = digits_task(10, 0.5, rng)
+    mask = SeededMask.erk(spec_of(init_mlp(task.sizes, rng)), 0.3, seed=4)
+    given_model = mask.rescaled(init_mlp(task.sizes, rng))
+    seen: list[Params] = []
+
+    def downlink(target: Params, held: Params | None, _: np.random.Generator) -> tuple[Params, int]:
+        seen.append(target)
+        return target, 0
+
+    # Execute
+    simulate(
+        task,
+        iterations=1,
+        clients_per_iteration=1,
+        epochs=1,
+        batch_size=16,
+        lr=0.3,
+        rng=rng,
+        initial=given_model,
+        mask=mask,
+        downlink=downlink,
+    )
+    # Assert
+    np.testing.assert_array_equal(flatten(seen[0]), flatten(given_model))
+
+
+def test_server_keeps_the_model_under_the_mask_whatever_the_uplink_sends() -> None:
+    # Prepare: an uplink that adds dense noise, as DP or an attacker would
+    rng = np.random.default_rng(0)
+    task = digits_task(10, 0.5, rng)
+    mask = SeededMask.erk(spec_of(init_mlp(task.sizes, rng)), 0.3, seed=4)
+
+    def noisy(delta: Params, noise_rng: np.random.Generator) -> tuple[Params, int]:
+        return {k: v + noise_rng.normal(0, 0.01, v.shape) for k, v in delta.items()}, 0
+
+    # Execute
+    result = simulate(
+        task,
+        iterations=2,
+        clients_per_iteration=3,
+        epochs=1,
+        batch_size=16,
+        lr=0.3,
+        rng=rng,
+        mask=mask,
+        uplink=noisy,
+    )
+    # Assert
+    assert result.final is not None
+    kept = mask.flat(spec_of(result.final))
+    assert np.all(flatten(result.final)[~kept] == 0)
+    assert np.count_nonzero(flatten(result.final)[kept]) > 0.9 * kept.sum()
 
 
 def _nudged_under(mask: SeededMask, params: Params, seed: int) -> Params:
@@ -283,3 +392,37 @@ def test_mask_arguments_are_checked(kwargs: dict[str, Any]) -> None:
         kwargs = {**kwargs, "mask": SeededMask.erk(spec_of(params), 0.1, seed=1)}
     with pytest.raises(NumericsError):
         make_payload(params, None, rng=np.random.default_rng(0), **kwargs)
+
+
+_FUZZ_MASK = SeededMask(5, (0.3, 1.0))
+_FUZZ_SPEC: ParamSpec = (("w", (16, 8)), ("b", (8,)))
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    st.integers(-2, 200),
+    st.integers(0, 2**64 - 1) | st.just(5),
+    st.floats(allow_nan=True, allow_infinity=True) | st.just(0.3),
+    st.integers(0, 200),
+    st.sampled_from([32, 8, 4, 2]),
+)
+def test_near_valid_mask_documents_raise_only_payload_error(
+    nnz: int, seed: int, density: float, values_len: int, bits: int
+) -> None:
+    # Valid mask bytes get the decoder past the index checks; nnz, seed, density and the
+    # values' length are then perturbed around what the honest mask keeps.
+    document = {
+        "v": 2,
+        "method": "mask",
+        "bits": bits,
+        "block": 8,
+        "keep": 0.5,
+        "base": None,
+        "digest": b"\x00" * 32,
+        "spec": [[name, list(shape)] for name, shape in _FUZZ_SPEC],
+        "index": ["seeded", nnz, struct.pack("<Q2d", seed, density, 1.0)],
+        "values": bytes(values_len),
+        "scales": bytes(4 * max(1, math.ceil(max(nnz, 0) / 8)) if bits != 32 else 0),
+    }
+    with contextlib.suppress(PayloadError):
+        apply_payload(read_payload(_pack(document)), None)

@@ -11,6 +11,11 @@ them; "float32" is the harness's uncompressed link, 4 bytes a parameter. Each ro
 median over the seeds of the final accuracy and of the mean bytes per client per iteration,
 and those bytes as a share of float32.
 
+The "seeded mask" rows train the wide model sparse: a static ERK mask keeping 10% (or 5%) of
+its weights, derived from the seed on both sides (`federated.mask`), so every payload carries
+only the values under it and no positions. They change the model, not just its transport, and
+are measured against the same uncompressed dense FedAvg reference as every other row.
+
 `simulate` gives the links no client id, so per-device state (the model it holds and its
 error-feedback residual) is keyed here by the identity of that model: the harness hands the
 downlink back exactly the object the downlink returned for that device last time. (Passing
@@ -28,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from federated.mask import SeededMask
 from federated.model import init_mlp
-from federated.params import Params, add, flatten
+from federated.params import Params, add, flatten, spec_of
 from federated.payload import apply_payload, make_payload, read_payload
 from federated.simulation import digits_task, float32_downlink, float32_uplink, simulate
 from federated.sparsify import ErrorFeedback
@@ -55,8 +61,10 @@ class Model:
 
 MODELS = {
     "small": Model("small MLP", (64, 32, 10), epochs=5, batch=16, lr=0.3),
-    # Two epochs keep the wide run to about a minute a seed; lr 0.1 beat 0.05 and 0.2 there.
-    "wide": Model("wide MLP", (64, 1024, 960, 10), epochs=2, batch=16, lr=0.1),
+    # Two epochs keep the wide run short. lr was picked for the uncompressed dense model on
+    # seeds 100-102, apart from the reported ones: median 97.5 at 0.4, against 95.5, 96.7, 96.9
+    # and 96.9 at 0.1, 0.2, 0.3 and 0.6.
+    "wide": Model("wide MLP", (64, 1024, 960, 10), epochs=2, batch=16, lr=0.4),
 }
 
 
@@ -70,15 +78,26 @@ class Codec:
 
 @dataclass(frozen=True)
 class Config:
-    """One row of the table: how models go down and updates come up."""
+    """One row of the table: how models go down and updates come up.
+
+    With `mask` (a density of the weights), the round trains a sparse model under a seeded
+    ERK mask (`federated.mask`) and the codecs' method "mask" sends only its entries.
+    """
 
     name: str
     down: Codec
     up: Codec
+    mask: float | None = None
 
 
 def _int4() -> Codec:
     return Codec({"method": "quant", "bits": 4})
+
+
+def _masked(bits: int, *, density: float = 0.1) -> Config:
+    codec = Codec({"method": "mask", "bits": bits})
+    share = f"{100 * density:g}%"
+    return Config(f"seeded mask {share}, int{bits} both ways", codec, codec, mask=density)
 
 
 def _topk(density: float, *, feedback: bool = False) -> Codec:
@@ -93,11 +112,31 @@ CONFIGS = {
     "topk-up": Config("int4 down, top-k 5% +EF int4 up", _int4(), _topk(0.05, feedback=True)),
     "topk-20": Config("top-k 20% down, 5% +EF up, int4", _topk(0.2), _topk(0.05, feedback=True)),
     "topk-2": Config("top-k 2% down, 2% +EF up, int4", _topk(0.02), _topk(0.02, feedback=True)),
+    "mask-f32": Config(
+        "seeded mask 10%, float32 values",
+        Codec({"method": "mask", "bits": 32}),
+        Codec({"method": "mask", "bits": 32}),
+        mask=0.1,
+    ),
+    "mask-int8": _masked(8),
+    "mask-int4": _masked(4),
+    "mask5-int4": _masked(4, density=0.05),
 }
 #: rows per model: the wide one can afford 12% top-k within 3%; the small one only 2%
 ROWS = {
     "small": ["float32", "int8", "int4", "topk-up", "topk", "topk-2"],
-    "wide": ["float32", "int8", "int4", "topk-up", "topk", "topk-20"],
+    "wide": [
+        "float32",
+        "int8",
+        "int4",
+        "topk-up",
+        "topk",
+        "topk-20",
+        "mask-f32",
+        "mask-int8",
+        "mask-int4",
+        "mask5-int4",
+    ],
 }
 
 
@@ -112,9 +151,12 @@ class Device:
 class Links:
     """Downlink and uplink of `simulate` for one configuration, over real payloads."""
 
-    def __init__(self, config: Config, rng: np.random.Generator) -> None:
+    def __init__(
+        self, config: Config, rng: np.random.Generator, mask: SeededMask | None = None
+    ) -> None:
         self.config = config
         self.rng = rng
+        self.mask = {} if mask is None else {"mask": mask}
         # id(model held) -> (that model, kept so its id stays unique, and its device)
         self.devices: dict[int, tuple[Params, Device]] = {}
         # The harness trains and uploads for a device right after its download.
@@ -126,7 +168,7 @@ class Links:
         """Send `target` as a delta against what the device holds; return what it rebuilds."""
         kwargs = self.config.down.kwargs
         if kwargs:
-            blob, _ = make_payload(target, held, rng=self.rng, **kwargs)
+            blob, _ = make_payload(target, held, rng=self.rng, **kwargs, **self.mask)
             start, nbytes = apply_payload(read_payload(blob), held), len(blob)
         else:
             plain, nbytes = float32_downlink(target, held, rng)
@@ -147,7 +189,7 @@ class Links:
             raise RuntimeError("uplink before downlink")
         wanted = device.feedback.compensate(delta) if codec.feedback else delta
         blob, _ = make_payload(
-            add(device.start, wanted), device.start, rng=self.rng, **codec.kwargs
+            add(device.start, wanted), device.start, rng=self.rng, **codec.kwargs, **self.mask
         )
         payload = read_payload(blob)
         apply_payload(payload, device.start)  # the server's checks
@@ -159,7 +201,12 @@ class Links:
 def run(model: Model, config: Config, seed: int) -> tuple[float, float, float]:
     """Return final accuracy and mean (down, up) bytes per client per iteration."""
     task_rng, sim_rng, codec_rng, init_rng = (np.random.default_rng([seed, k]) for k in range(4))
-    links = Links(config, codec_rng)
+    initial = init_mlp(model.sizes, init_rng)
+    mask = None
+    if config.mask is not None:
+        mask = SeededMask.erk(spec_of(initial), config.mask, seed)
+        initial = mask.rescaled(initial)  # a sparse layer's He init: see `SeededMask.rescaled`
+    links = Links(config, codec_rng, mask)
     result = simulate(
         digits_task(CLIENTS, ALPHA, task_rng, sizes=model.sizes),
         iterations=ITERATIONS,
@@ -168,7 +215,8 @@ def run(model: Model, config: Config, seed: int) -> tuple[float, float, float]:
         batch_size=model.batch,
         lr=model.lr,
         rng=sim_rng,
-        initial=init_mlp(model.sizes, init_rng),
+        initial=initial,
+        mask=mask,
         uplink=links.uplink,
         downlink=links.downlink,
     )
@@ -176,8 +224,11 @@ def run(model: Model, config: Config, seed: int) -> tuple[float, float, float]:
     return result.accuracy[-1], down, up
 
 
-def table(model: Model, configs: list[Config], seeds: list[int]) -> None:
-    """Print one table, a row per configuration (the first is the reference), and the verdict."""
+def table(model: Model, configs: list[Config], seeds: list[int]) -> str | None:
+    """Print one table, a row per configuration (the first is the reference), and the verdict.
+
+    Returns the name of the row that meets the target, if one does.
+    """
     n = flatten(init_mlp(model.sizes, np.random.default_rng(0))).size
     raw = 4 * n
     print(
@@ -206,13 +257,14 @@ def table(model: Model, configs: list[Config], seeds: list[int]) -> None:
             best = (acc, config.name)
     if best is None or reference is None:
         print(f"target: no row at or below {100 * TARGET_SHARE:g}% of float32 both ways")
-        return
+        return None
     met = reference - best[0] <= TARGET_LOSS
     print(
         f"target (<= {100 * TARGET_SHARE:g}% both ways, <= {100 * TARGET_LOSS:g} point lost): "
         f"best such row '{best[1]}' loses {100 * (reference - best[0]):.2f} points: "
         f"{'MET' if met else 'NOT MET'}"
     )
+    return best[1] if met else None
 
 
 def main() -> None:
@@ -227,8 +279,12 @@ def main() -> None:
         f"{ITERATIONS} iterations of FedAvg"
     )
     started = time.perf_counter()
+    met: list[str] = []
     for name in args.models:
-        table(MODELS[name], [CONFIGS[c] for c in args.configs or ROWS[name]], args.seeds)
+        row = table(MODELS[name], [CONFIGS[c] for c in args.configs or ROWS[name]], args.seeds)
+        if row is not None:
+            met.append(f"{MODELS[name].name}: {row}")
+    print(f"\ntarget met by: {'; '.join(met) if met else 'no table'}")
     print(f"\n({time.perf_counter() - started:.0f} s)")
 
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
 from federated.data import dirichlet_partition, load_digits, train_holdout_split
+from federated.errors import NumericsError
 from federated.mask import SeededMask
 from federated.metrics import classification_metrics
 from federated.model import init_mlp, predict, train_local
@@ -125,9 +127,22 @@ def simulate(
     prox_mu: float = 0.0,
     initial: Params | None = None,
     mask: SeededMask | None = None,
+    sampling: Literal["fixed", "poisson"] = "fixed",
     on_iteration: Callable[[int, Params], None] | None = None,
 ) -> SimulationResult:
-    """Run `iterations` federated iterations; see the module docstring."""
+    """Run `iterations` federated iterations; see the module docstring.
+
+    `sampling` "fixed" takes exactly `clients_per_iteration` clients without replacement;
+    "poisson" takes each client independently with probability clients_per_iteration / N,
+    the sampling DP-FedAvg's privacy analysis assumes. A Poisson cohort can be empty: the
+    strategy then gets no updates (the DP wrappers still add their noise).
+    """
+    if sampling not in ("fixed", "poisson"):
+        raise NumericsError(f"sampling must be 'fixed' or 'poisson', got {sampling!r}")
+    population = len(task.clients)
+    if not 1 <= clients_per_iteration <= population:
+        raise NumericsError(f"clients_per_iteration must be in [1, {population}]")
+    rate = clients_per_iteration / population
     strategy = strategy or FedAvg()
     global_params = initial if initial is not None else init_mlp(task.sizes, rng)
     ones = None
@@ -140,7 +155,10 @@ def simulate(
     bad = set(byzantine)
     result = SimulationResult()
     for it in range(iterations):
-        chosen = rng.choice(len(task.clients), size=clients_per_iteration, replace=False)
+        if sampling == "fixed":
+            chosen = rng.choice(population, size=clients_per_iteration, replace=False)
+        else:
+            chosen = np.flatnonzero(rng.random(population) < rate)
         updates: list[Update] = []
         down = up = 0
         for client in (int(c) for c in chosen):
@@ -170,8 +188,8 @@ def simulate(
             # Noise, attacks or a dense uplink can reach outside the mask; the model may not.
             global_params = {k: v * ones[k] for k, v in global_params.items()}
         result.accuracy.append(evaluate(global_params, task))
-        result.bytes_down.append(down / len(chosen))
-        result.bytes_up.append(up / len(chosen))
+        result.bytes_down.append(down / max(len(chosen), 1))
+        result.bytes_up.append(up / max(len(chosen), 1))
         if on_iteration is not None:
             on_iteration(it, global_params)
     result.final = global_params

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Sequence
 
+import numpy as np
+import pytest
+
+from federated.errors import NumericsError
 from federated.params import Params, flatten
 from federated.simulation import digits_task, simulate
 from federated.strategy import FedAvg, Update
@@ -72,3 +76,60 @@ def test_fedavg_weights_by_examples() -> None:
 
     # Assert
     np.testing.assert_allclose(flatten(out), [0.75, 0.25])
+
+
+class _Cohorts(FedAvg):
+    """FedAvg that records how many updates each iteration brought."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def aggregate(
+        self, global_params: Params, updates: Sequence[Update], rng: np.random.Generator
+    ) -> Params:
+        self.sizes.append(len(updates))
+        return global_params if not updates else super().aggregate(global_params, updates, rng)
+
+
+def _run(sampling: str, per_iteration: int, iterations: int = 40) -> list[int]:
+    rng = np.random.default_rng(3)
+    strategy = _Cohorts()
+    simulate(
+        digits_task(20, 0.5, rng),
+        iterations=iterations,
+        clients_per_iteration=per_iteration,
+        epochs=1,
+        batch_size=32,
+        lr=0.1,
+        rng=rng,
+        strategy=strategy,
+        sampling=sampling,  # type: ignore[arg-type]
+    )
+    return strategy.sizes
+
+
+def test_fixed_sampling_takes_exactly_the_cohort() -> None:
+    assert set(_run("fixed", 5)) == {5}
+
+
+def test_poisson_sampling_varies_around_the_expected_cohort() -> None:
+    # Prepare / Execute: 20 clients at q = 0.25, so Binomial(20, 0.25) per iteration
+    sizes = _run("poisson", 5)
+    # Assert: sizes vary, average near 5 (sd of the mean over 40 draws is about 0.31)
+    assert len(set(sizes)) > 2
+    assert abs(np.mean(sizes) - 5) < 1.5
+
+
+def test_an_empty_poisson_cohort_reaches_the_strategy() -> None:
+    # q = 1/20: P(empty) = 0.95^20 = 0.36, so 40 iterations see some empty cohorts.
+    sizes = _run("poisson", 1)
+    assert 0 in sizes
+
+
+@pytest.mark.parametrize(
+    ("sampling", "per_iteration"), [("uniform", 5), ("fixed", 0), ("fixed", 21)]
+)
+def test_bad_sampling_settings_raise(sampling: str, per_iteration: int) -> None:
+    with pytest.raises(NumericsError):
+        _run(sampling, per_iteration, iterations=1)

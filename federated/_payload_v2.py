@@ -111,6 +111,9 @@ def encode_v2(
         if mask is None:
             raise NumericsError("method mask needs a mask")
         idx = np.flatnonzero(mask.flat(spec)).astype(np.int64)
+        if n and not idx.size:
+            raise NumericsError("the mask keeps no entry of the model")
+        keep = idx.size / n if n else 1.0  # the share the mask keeps
     elif method == "topk":
         idx = top_k(delta, math.ceil(keep * n))
         idx = idx[delta[idx] != 0]

@@ -132,7 +132,7 @@ def _keep(
     if sparsity is not None and not 0.0 <= sparsity < 1.0:
         raise NumericsError(f"sparsity must be in [0, 1), got {sparsity}")
     if mask is not None:
-        return 1.0  # replaced by the share the mask keeps once the spec is known
+        return 1.0  # encode_v2 writes the share the mask actually keeps
     return density if density is not None else 1.0 - (sparsity or 0.0)
 
 
@@ -222,10 +222,6 @@ def _make_v2(
     """Encode `model - base` as a version 2 document; see `make_payload`."""
     spec = spec_of(model)
     delta = flatten(model) if base is None else flatten(sub(model, base))
-    if mask is not None:
-        keep = float(mask.flat(spec).mean()) if delta.size else 1.0
-        if keep == 0.0:
-            raise NumericsError("the mask keeps no entry of the model")
     fields, decoded = encode_v2(
         delta,
         method=method,

@@ -6,10 +6,8 @@ import math
 import struct
 from typing import Any
 
-import msgpack
 import numpy as np
 import pytest
-import zstandard
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,6 +18,7 @@ from federated.model import init_mlp, train_local
 from federated.params import Params, ParamSpec, flatten, spec_of
 from federated.payload import apply_payload, make_payload, read_payload
 from federated.simulation import digits_task, simulate
+from tests.unit.test_federated_payload_v2 import _pack, _unpack
 
 _SIZES = (64, 128, 96, 10)
 
@@ -310,6 +309,7 @@ def test_mask_payload_round_trip(bits: int, with_base: bool) -> None:
     # Assert: exactly what the sender computed, exact at 32 bits, zero outside the mask
     assert payload.method == "mask"
     assert payload.nnz == int(mask.flat(spec_of(params)).sum())
+    assert payload.keep == pytest.approx(float(mask.flat(spec_of(params)).mean()))
     for k in target:
         np.testing.assert_array_equal(received[k], rebuilt[k])
         if bits == 32:
@@ -326,14 +326,6 @@ def test_mask_payload_is_smaller_than_topk_at_the_same_density() -> None:
     masked, _ = make_payload(target, base, rng=rng, method="mask", bits=4, mask=mask)
     topk, _ = make_payload(target, base, rng=rng, method="topk", bits=4, density=share)
     assert len(masked) < 0.8 * len(topk)
-
-
-def _unpack(blob: bytes) -> dict[str, Any]:
-    return msgpack.unpackb(zstandard.ZstdDecompressor().decompress(blob), raw=False)
-
-
-def _pack(document: Any) -> bytes:
-    return zstandard.ZstdCompressor().compress(msgpack.packb(document, use_bin_type=True))
 
 
 def _mask_document() -> tuple[dict[str, Any], Params]:
@@ -376,6 +368,13 @@ def test_malformed_mask_payloads_raise_payload_error(mutate: Any) -> None:
     mutate(document)
     with pytest.raises(PayloadError):
         apply_payload(read_payload(_pack(document)), base)
+
+
+def test_a_mask_that_keeps_nothing_is_refused() -> None:
+    params = init_mlp((4, 3, 2), np.random.default_rng(0))
+    empty = SeededMask(1, (1e-9,) * len(params))
+    with pytest.raises(NumericsError, match="keeps no entry"):
+        make_payload(params, None, rng=np.random.default_rng(0), method="mask", mask=empty)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from federated.model import init_mlp, train_local
 from federated.params import Params, ParamSpec, flatten, spec_of
 from federated.payload import apply_payload, make_payload, read_payload
 from federated.simulation import digits_task, simulate
-from tests.unit.test_federated_payload_v2 import _pack, _unpack
+from tests.unit.payload_helpers import pack, unpack
 
 _SIZES = (64, 128, 96, 10)
 
@@ -340,7 +340,7 @@ def _mask_document() -> tuple[dict[str, Any], Params]:
         bits=4,
         mask=mask,
     )
-    return _unpack(blob), base
+    return unpack(blob), base
 
 
 def _other_mask(document: dict[str, Any]) -> None:
@@ -367,7 +367,7 @@ def test_malformed_mask_payloads_raise_payload_error(mutate: Any) -> None:
     document, base = _mask_document()
     mutate(document)
     with pytest.raises(PayloadError):
-        apply_payload(read_payload(_pack(document)), base)
+        apply_payload(read_payload(pack(document)), base)
 
 
 def test_a_mask_that_keeps_nothing_is_refused() -> None:
@@ -424,4 +424,4 @@ def test_near_valid_mask_documents_raise_only_payload_error(
         "scales": bytes(4 * max(1, math.ceil(max(nnz, 0) / 8)) if bits != 32 else 0),
     }
     with contextlib.suppress(PayloadError):
-        apply_payload(read_payload(_pack(document)), None)
+        apply_payload(read_payload(pack(document)), None)

@@ -16,38 +16,17 @@ from federated import (
     PayloadLimits,
     apply_payload,
     digest,
-    init_mlp,
     make_payload,
     read_payload,
     spec_of,
 )
-
-Params = dict[str, np.ndarray]
-
-
-def _model(seed: int = 0, sizes: tuple[int, ...] = (8, 6, 3)) -> Params:
-    return init_mlp(sizes, np.random.default_rng(seed))
-
-
-def _nudged(params: Params, seed: int, scale: float = 0.01) -> Params:
-    rng = np.random.default_rng(seed)
-    return {
-        k: (v + scale * rng.standard_normal(v.shape)).astype(np.float32) for k, v in params.items()
-    }
-
-
-def _unpack(blob: bytes) -> dict[str, Any]:
-    return msgpack.unpackb(zstandard.ZstdDecompressor().decompress(blob), raw=False)
-
-
-def _pack(document: Any) -> bytes:
-    return zstandard.ZstdCompressor().compress(msgpack.packb(document, use_bin_type=True))
+from tests.unit.payload_helpers import model, nudged, pack, unpack
 
 
 @pytest.mark.parametrize("method", ["int8", "float32"])
 def test_full_model_roundtrip(method: str) -> None:
     # Prepare
-    target = _model()
+    target = model()
     # Execute
     blob, rebuilt = make_payload(target, None, rng=np.random.default_rng(1), method=method)
     payload = read_payload(blob)
@@ -66,8 +45,8 @@ def test_full_model_roundtrip(method: str) -> None:
 @pytest.mark.parametrize("method", ["int8", "float32"])
 def test_delta_roundtrip(method: str) -> None:
     # Prepare
-    base = _model()
-    target = _nudged(base, seed=5)
+    base = model()
+    target = nudged(base, seed=5)
     # Execute
     blob, rebuilt = make_payload(target, base, rng=np.random.default_rng(2), method=method, block=4)
     payload = read_payload(blob)
@@ -83,7 +62,7 @@ def test_delta_roundtrip(method: str) -> None:
 
 def test_int8_is_about_a_quarter_of_float32() -> None:
     # Prepare: ~100k parameters.
-    target = _model(sizes=(256, 256, 128, 10))
+    target = model(sizes=(256, 256, 128, 10))
     # Execute
     b8, _ = make_payload(target, None, rng=np.random.default_rng(0), method="int8", block=256)
     b32, _ = make_payload(target, None, rng=np.random.default_rng(0), method="float32")
@@ -95,14 +74,14 @@ def test_int8_is_about_a_quarter_of_float32() -> None:
 
 
 def test_make_payload_is_deterministic_given_rng() -> None:
-    target, base = _nudged(_model(), 1), _model()
+    target, base = nudged(model(), 1), model()
     a, _ = make_payload(target, base, rng=np.random.default_rng(3))
     b, _ = make_payload(target, base, rng=np.random.default_rng(3))
     assert a == b
 
 
 def _blob() -> bytes:
-    return make_payload(_nudged(_model(), 1), _model(), rng=np.random.default_rng(0), block=8)[0]
+    return make_payload(nudged(model(), 1), model(), rng=np.random.default_rng(0), block=8)[0]
 
 
 @pytest.mark.parametrize(
@@ -146,7 +125,7 @@ def test_missing_content_size_is_rejected() -> None:
 
 def test_size_limits_are_enforced() -> None:
     blob = _blob()
-    n = sum(v.size for v in _model().values())
+    n = sum(v.size for v in model().values())
     with pytest.raises(PayloadError):
         read_payload(blob, limits=PayloadLimits(max_bytes=len(blob) - 1))
     with pytest.raises(PayloadError):
@@ -160,12 +139,12 @@ def test_size_limits_are_enforced() -> None:
 
 def test_wrong_base_is_rejected() -> None:
     # Prepare
-    base = _model()
-    payload = read_payload(make_payload(_nudged(base, 1), base, rng=np.random.default_rng(0))[0])
+    base = model()
+    payload = read_payload(make_payload(nudged(base, 1), base, rng=np.random.default_rng(0))[0])
     full = read_payload(make_payload(base, None, rng=np.random.default_rng(0))[0])
     # Execute / Assert
     with pytest.raises(PayloadError, match="base"):
-        apply_payload(payload, _nudged(base, 2))
+        apply_payload(payload, nudged(base, 2))
     with pytest.raises(PayloadError, match="base"):
         apply_payload(payload, None)
     with pytest.raises(PayloadError, match="base"):
@@ -174,31 +153,31 @@ def test_wrong_base_is_rejected() -> None:
 
 def test_tampered_digest_is_rejected() -> None:
     # Prepare
-    base = _model()
-    document = _unpack(make_payload(_nudged(base, 1), base, rng=np.random.default_rng(0))[0])
-    document["digest"] = digest(_nudged(base, 1))
+    base = model()
+    document = unpack(make_payload(nudged(base, 1), base, rng=np.random.default_rng(0))[0])
+    document["digest"] = digest(nudged(base, 1))
     # Execute
-    payload = read_payload(_pack(document))
+    payload = read_payload(pack(document))
     # Assert
     with pytest.raises(PayloadError, match="digest"):
         apply_payload(payload, base)
 
 
 def test_tampered_values_are_caught_by_the_digest() -> None:
-    document = _unpack(make_payload(_model(), None, rng=np.random.default_rng(0))[0])
+    document = unpack(make_payload(model(), None, rng=np.random.default_rng(0))[0])
     q = bytearray(document["tensors"][0]["q"])
     q[0] = (q[0] + 1) % 256
     document["tensors"][0]["q"] = bytes(q)
     with pytest.raises(PayloadError, match="digest"):
-        apply_payload(read_payload(_pack(document)), None)
+        apply_payload(read_payload(pack(document)), None)
 
 
 def _float32_document() -> dict[str, Any]:
-    return _unpack(make_payload(_model(), None, rng=np.random.default_rng(0), method="float32")[0])
+    return unpack(make_payload(model(), None, rng=np.random.default_rng(0), method="float32")[0])
 
 
 def _int8_document() -> dict[str, Any]:
-    return _unpack(make_payload(_model(), None, rng=np.random.default_rng(0), block=8)[0])
+    return unpack(make_payload(model(), None, rng=np.random.default_rng(0), block=8)[0])
 
 
 def test_nan_values_and_scales_are_rejected() -> None:
@@ -213,9 +192,9 @@ def test_nan_values_and_scales_are_rejected() -> None:
     scales["tensors"][0]["scales"] = s.tobytes()
     # Execute / Assert
     with pytest.raises(PayloadError, match="non-finite"):
-        read_payload(_pack(values))
+        read_payload(pack(values))
     with pytest.raises(PayloadError, match="scales"):
-        read_payload(_pack(scales))
+        read_payload(pack(scales))
 
 
 def test_overflowing_scale_is_rejected() -> None:
@@ -223,7 +202,7 @@ def test_overflowing_scale_is_rejected() -> None:
     scales = np.full(len(document["tensors"][0]["scales"]) // 4, 3e38, dtype="<f4")
     document["tensors"][0]["scales"] = scales.tobytes()
     with pytest.raises(PayloadError):
-        read_payload(_pack(document))
+        read_payload(pack(document))
 
 
 def _set(path: tuple[Any, ...], value: Any) -> Any:
@@ -268,16 +247,16 @@ def test_malformed_documents_raise_payload_error(mutate: Callable[[Any], Any]) -
     # Prepare
     document = _int8_document()
     mutate(document)
-    blob = _pack(document)
+    blob = pack(document)
     # Execute / Assert: either reading fails, or (same size, other shape) applying does.
     with pytest.raises(PayloadError):
-        apply_payload(read_payload(blob), None, expected_spec=spec_of(_model()))
+        apply_payload(read_payload(blob), None, expected_spec=spec_of(model()))
 
 
 def test_non_map_documents_and_trailing_msgpack_are_rejected() -> None:
     for document in ([1, 2, 3], None, 3, "x", b"x"):
         with pytest.raises(PayloadError):
-            read_payload(_pack(document))
+            read_payload(pack(document))
     raw = msgpack.packb(_int8_document(), use_bin_type=True) + msgpack.packb(0)
     with pytest.raises(PayloadError, match="trailing"):
         read_payload(zstandard.ZstdCompressor().compress(raw))
@@ -285,11 +264,11 @@ def test_non_map_documents_and_trailing_msgpack_are_rejected() -> None:
 
 def test_shape_mismatch_with_base_or_expected_spec_is_rejected() -> None:
     # Prepare: a full model of a different architecture.
-    other = _model(sizes=(8, 5, 3))
+    other = model(sizes=(8, 5, 3))
     payload = read_payload(make_payload(other, None, rng=np.random.default_rng(0))[0])
     # Execute / Assert
     with pytest.raises(PayloadError, match="expected"):
-        apply_payload(payload, None, expected_spec=spec_of(_model()))
+        apply_payload(payload, None, expected_spec=spec_of(model()))
     apply_payload(payload, None, expected_spec=spec_of(other))
 
 
@@ -312,7 +291,7 @@ def test_corrupted_valid_blobs_raise_only_payload_error(edits: list[tuple[int, i
     for pos, value in edits:
         blob[pos % len(blob)] = value
     with contextlib.suppress(PayloadError):
-        apply_payload(read_payload(bytes(blob)), _model())
+        apply_payload(read_payload(bytes(blob)), model())
 
 
 _leaves = (
@@ -338,7 +317,7 @@ _documents = st.recursive(
 @given(_documents)
 def test_random_documents_raise_only_payload_error(document: Any) -> None:
     try:
-        blob = zstandard.ZstdCompressor().compress(msgpack.packb(document, use_bin_type=True))
+        blob = pack(document)
     except (OverflowError, ValueError):
         return  # not representable in msgpack
     with contextlib.suppress(PayloadError):
@@ -365,4 +344,4 @@ def test_near_valid_documents_raise_only_payload_error(
         "tensors": [{"name": "w", "shape": shape, "q": q, "scales": scales}],
     }
     with contextlib.suppress(PayloadError):
-        apply_payload(read_payload(_pack(document)), None)
+        apply_payload(read_payload(pack(document)), None)

@@ -5,37 +5,15 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import msgpack
 import numpy as np
 import pytest
-import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from federated.errors import NumericsError, PayloadError
-from federated.model import init_mlp
-from federated.params import Params, digest, flatten, spec_of
+from federated.params import digest, flatten, spec_of
 from federated.payload import PayloadLimits, apply_payload, make_payload, read_payload
-
-
-def _model(seed: int = 0, sizes: tuple[int, ...] = (8, 6, 3)) -> Params:
-    return init_mlp(sizes, np.random.default_rng(seed))
-
-
-def _nudged(params: Params, seed: int, scale: float = 0.01) -> Params:
-    rng = np.random.default_rng(seed)
-    return {
-        k: (v + scale * rng.standard_normal(v.shape)).astype(np.float32) for k, v in params.items()
-    }
-
-
-def _unpack(blob: bytes) -> dict[str, Any]:
-    return msgpack.unpackb(zstandard.ZstdDecompressor().decompress(blob), raw=False)
-
-
-def _pack(document: Any) -> bytes:
-    return zstandard.ZstdCompressor().compress(msgpack.packb(document, use_bin_type=True))
-
+from tests.unit.payload_helpers import model, nudged, pack, unpack
 
 _V2_CASES = [
     pytest.param({"method": "quant", "bits": 8}, id="quant8"),
@@ -55,8 +33,8 @@ def test_roundtrip_rebuilds_exactly_what_the_sender_computed(
     kwargs: dict[str, Any], with_base: bool
 ) -> None:
     # Prepare
-    base = _model() if with_base else None
-    target = _nudged(_model(), seed=5)
+    base = model() if with_base else None
+    target = nudged(model(), seed=5)
     # Execute
     blob, rebuilt = make_payload(target, base, rng=np.random.default_rng(2), block=8, **kwargs)
     payload = read_payload(blob)
@@ -75,8 +53,8 @@ def test_roundtrip_rebuilds_exactly_what_the_sender_computed(
 
 def test_quant_error_is_below_one_scale_of_the_delta() -> None:
     # Prepare
-    base = _model()
-    target = _nudged(base, seed=1, scale=0.1)
+    base = model()
+    target = nudged(base, seed=1, scale=0.1)
     for bits, top in ((8, 127), (4, 7), (2, 1)):
         # Execute
         _, rebuilt = make_payload(
@@ -92,8 +70,8 @@ def test_quant_error_is_below_one_scale_of_the_delta() -> None:
 
 def test_quant_payload_is_unbiased() -> None:
     # Prepare
-    base = _model()
-    target = _nudged(base, seed=1, scale=0.1)
+    base = model()
+    target = nudged(base, seed=1, scale=0.1)
     trials = 1500
     # Execute
     total = np.zeros(flatten(base).size)
@@ -110,8 +88,8 @@ def test_quant_payload_is_unbiased() -> None:
 
 def test_topk_sends_the_largest_entries_of_the_delta() -> None:
     # Prepare
-    base = _model()
-    target = _nudged(base, seed=3, scale=0.1)
+    base = model()
+    target = nudged(base, seed=3, scale=0.1)
     delta = flatten(target) - flatten(base)
     n = delta.size
     # Execute
@@ -131,7 +109,7 @@ def test_topk_sends_the_largest_entries_of_the_delta() -> None:
 
 def test_prune_of_a_full_model_zeroes_the_smallest_weights() -> None:
     # Prepare
-    target = _model(sizes=(32, 16, 4))
+    target = model(sizes=(32, 16, 4))
     # Execute
     blob, rebuilt = make_payload(
         target, None, rng=np.random.default_rng(0), method="prune", sparsity=0.75, bits=32
@@ -148,7 +126,7 @@ def test_prune_of_a_full_model_zeroes_the_smallest_weights() -> None:
 
 def test_sizes_shrink_with_bits_and_density() -> None:
     # Prepare: ~100k parameters, a full model.
-    target = _model(sizes=(256, 256, 128, 10))
+    target = model(sizes=(256, 256, 128, 10))
     n = flatten(target).size
 
     def size(**kwargs: Any) -> int:
@@ -170,8 +148,8 @@ def test_sizes_shrink_with_bits_and_density() -> None:
 def test_int8_and_float32_still_write_version_1() -> None:
     # The live services' default keeps producing documents older receivers can read.
     for method in ("int8", "float32"):
-        blob, _ = make_payload(_model(), None, rng=np.random.default_rng(0), method=method)
-        assert _unpack(blob)["v"] == 1
+        blob, _ = make_payload(model(), None, rng=np.random.default_rng(0), method=method)
+        assert unpack(blob)["v"] == 1
         payload = read_payload(blob)
         assert payload.version == 1
         assert payload.bits == (8 if method == "int8" else 32)
@@ -196,14 +174,14 @@ def test_int8_and_float32_still_write_version_1() -> None:
 )
 def test_bad_arguments_raise_numerics_error(kwargs: dict[str, Any]) -> None:
     with pytest.raises(NumericsError):
-        make_payload(_model(), None, rng=np.random.default_rng(0), **kwargs)
+        make_payload(model(), None, rng=np.random.default_rng(0), **kwargs)
 
 
 def _document(**kwargs: Any) -> dict[str, Any]:
     blob, _ = make_payload(
-        _nudged(_model(), 1), _model(), rng=np.random.default_rng(0), block=8, **kwargs
+        nudged(model(), 1), model(), rng=np.random.default_rng(0), block=8, **kwargs
     )
-    return _unpack(blob)
+    return unpack(blob)
 
 
 def _topk_document() -> dict[str, Any]:
@@ -298,7 +276,7 @@ def test_malformed_v2_documents_raise_payload_error(
     mutate(document)
     # Execute / Assert: reading fails, or applying does (digest, base or shape).
     with pytest.raises(PayloadError):
-        apply_payload(read_payload(_pack(document)), _model(), expected_spec=spec_of(_model()))
+        apply_payload(read_payload(pack(document)), model(), expected_spec=spec_of(model()))
 
 
 def test_non_finite_float32_values_are_rejected() -> None:
@@ -307,28 +285,28 @@ def test_non_finite_float32_values_are_rejected() -> None:
     values[0] = np.inf
     document["values"] = values.tobytes()
     with pytest.raises(PayloadError, match="non-finite"):
-        read_payload(_pack(document))
+        read_payload(pack(document))
 
 
 def test_tampered_values_and_wrong_base_are_caught() -> None:
     # Prepare
-    base = _model()
+    base = model()
     document = _topk_document()
     scales = np.frombuffer(document["scales"], dtype="<f4") * 2
     document["scales"] = scales.astype("<f4").tobytes()
     # Execute / Assert
     with pytest.raises(PayloadError, match="digest"):
-        apply_payload(read_payload(_pack(document)), base)
-    honest = read_payload(_pack(_topk_document()))
+        apply_payload(read_payload(pack(document)), base)
+    honest = read_payload(pack(_topk_document()))
     with pytest.raises(PayloadError, match="base"):
-        apply_payload(honest, _nudged(base, 9))
+        apply_payload(honest, nudged(base, 9))
     with pytest.raises(PayloadError, match="base"):
         apply_payload(honest, None)
 
 
 def test_limits_are_enforced_on_v2() -> None:
-    blob = _pack(_topk_document())
-    n = flatten(_model()).size
+    blob = pack(_topk_document())
+    n = flatten(model()).size
     with pytest.raises(PayloadError):
         read_payload(blob, limits=PayloadLimits(max_elements=n - 1))
     with pytest.raises(PayloadError):
@@ -347,7 +325,7 @@ _FUZZ_KWARGS: dict[str, dict[str, Any]] = {
     "prune": {"method": "prune", "sparsity": 0.5, "bits": 8},
 }
 _BLOBS = {
-    name: make_payload(_nudged(_model(), 1), _model(), rng=np.random.default_rng(0), **kw)[0]
+    name: make_payload(nudged(model(), 1), model(), rng=np.random.default_rng(0), **kw)[0]
     for name, kw in _FUZZ_KWARGS.items()
 }
 
@@ -364,7 +342,7 @@ def test_corrupted_v2_blobs_raise_only_payload_error(
     for pos, value in edits:
         blob[pos % len(blob)] = value
     with contextlib.suppress(PayloadError):
-        apply_payload(read_payload(bytes(blob)), _model())
+        apply_payload(read_payload(bytes(blob)), model())
 
 
 @_FUZZ
@@ -405,4 +383,4 @@ def test_near_valid_v2_documents_raise_only_payload_error(
         "scales": scales,
     }
     with contextlib.suppress(PayloadError):
-        apply_payload(read_payload(_pack(document)), None)
+        apply_payload(read_payload(pack(document)), None)

@@ -17,7 +17,7 @@ from federated.mask import SeededMask, erk_densities
 from federated.model import init_mlp, train_local
 from federated.params import Params, ParamSpec, flatten, spec_of
 from federated.payload import apply_payload, make_payload, read_payload
-from federated.simulation import digits_task, simulate
+from federated.simulation import FederatedTask, SimulationResult, digits_task, simulate
 from tests.unit.payload_helpers import pack, unpack
 
 _SIZES = (64, 128, 96, 10)
@@ -205,6 +205,27 @@ def test_masked_training_moves_only_the_kept_entries() -> None:
     assert np.any(flatten(trained)[kept] != flatten(start)[kept])
 
 
+def _masked_setup() -> tuple[np.random.Generator, FederatedTask, SeededMask]:
+    """A small digits task and a 30% mask for its MLP."""
+    rng = np.random.default_rng(0)
+    task = digits_task(10, 0.5, rng)
+    return rng, task, SeededMask.erk(spec_of(init_mlp(task.sizes, rng)), 0.3, seed=4)
+
+
+def _masked_run(
+    task: FederatedTask, rng: np.random.Generator, mask: SeededMask, **overrides: Any
+) -> SimulationResult:
+    """`simulate` under `mask` with short settings; `overrides` replace any of them."""
+    settings: dict[str, Any] = {
+        "iterations": 2,
+        "clients_per_iteration": 3,
+        "epochs": 1,
+        "batch_size": 16,
+        "lr": 0.3,
+    }
+    return simulate(task, rng=rng, mask=mask, **(settings | overrides))
+
+
 def test_simulate_with_a_mask_keeps_the_global_model_sparse() -> None:
     # Prepare
     rng = np.random.default_rng(0)
@@ -212,28 +233,16 @@ def test_simulate_with_a_mask_keeps_the_global_model_sparse() -> None:
     initial = init_mlp(task.sizes, rng)
     mask = SeededMask.erk(spec_of(initial), 0.3, seed=4)
     # Execute
-    result = simulate(
-        task,
-        iterations=3,
-        clients_per_iteration=3,
-        epochs=1,
-        batch_size=16,
-        lr=0.3,
-        rng=rng,
-        initial=initial,
-        mask=mask,
-    )
+    result = _masked_run(task, rng, mask, iterations=3, initial=initial)
     # Assert
     assert result.final is not None
-    assert np.all(flatten(result.final)[~mask.flat(spec_of(initial))] == 0)
+    assert np.all(flatten(result.final)[~mask.flat(spec_of(result.final))] == 0)
     assert result.accuracy[-1] > 0.3
 
 
 def test_simulate_masks_a_given_model_without_rescaling_it() -> None:
     # Prepare: resuming from a model must not rescale it again
-    rng = np.random.default_rng(0)
-    task = digits_task(10, 0.5, rng)
-    mask = SeededMask.erk(spec_of(init_mlp(task.sizes, rng)), 0.3, seed=4)
+    rng, task, mask = _masked_setup()
     given_model = mask.rescaled(init_mlp(task.sizes, rng))
     seen: list[Params] = []
 
@@ -242,16 +251,13 @@ def test_simulate_masks_a_given_model_without_rescaling_it() -> None:
         return target, 0
 
     # Execute
-    simulate(
+    _masked_run(
         task,
+        rng,
+        mask,
         iterations=1,
         clients_per_iteration=1,
-        epochs=1,
-        batch_size=16,
-        lr=0.3,
-        rng=rng,
         initial=given_model,
-        mask=mask,
         downlink=downlink,
     )
     # Assert
@@ -260,25 +266,13 @@ def test_simulate_masks_a_given_model_without_rescaling_it() -> None:
 
 def test_server_keeps_the_model_under_the_mask_whatever_the_uplink_sends() -> None:
     # Prepare: an uplink that adds dense noise, as DP or an attacker would
-    rng = np.random.default_rng(0)
-    task = digits_task(10, 0.5, rng)
-    mask = SeededMask.erk(spec_of(init_mlp(task.sizes, rng)), 0.3, seed=4)
+    rng, task, mask = _masked_setup()
 
     def noisy(delta: Params, noise_rng: np.random.Generator) -> tuple[Params, int]:
         return {k: v + noise_rng.normal(0, 0.01, v.shape) for k, v in delta.items()}, 0
 
     # Execute
-    result = simulate(
-        task,
-        iterations=2,
-        clients_per_iteration=3,
-        epochs=1,
-        batch_size=16,
-        lr=0.3,
-        rng=rng,
-        mask=mask,
-        uplink=noisy,
-    )
+    result = _masked_run(task, rng, mask, uplink=noisy)
     # Assert
     assert result.final is not None
     kept = mask.flat(spec_of(result.final))

@@ -1,5 +1,6 @@
 """Device commands (services -> device) and device messages (device -> services)."""
 
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import Field
@@ -114,15 +115,19 @@ class DeviceUpdate(Message):
     blob: bytes = Field(max_length=MAX_BLOB)
 
 
-FailureReason = Literal[
-    "battery_died",
-    "network_timeout",
-    "device_suspended",
-    "low_battery",
-    "model_unavailable",
-    "bad_payload",
-    "stopped",
-]
+class FailureReason(StrEnum):
+    """Why a device did not finish its part: the one list the device, the services and the
+    status view share. The device reports the first six; the coordinator infers the rest."""
+
+    BATTERY_DIED = "battery_died"
+    NETWORK_TIMEOUT = "network_timeout"
+    DEVICE_SUSPENDED = "device_suspended"
+    LOW_BATTERY = "low_battery"  # paused below its battery threshold, not charging
+    MODEL_UNAVAILABLE = "model_unavailable"  # the weights to train or deploy never arrived
+    BAD_PAYLOAD = "bad_payload"  # the weights arrived but did not decode or verify
+    DEADLINE_PASSED = "deadline_passed"  # still training when the iteration closed
+    WENT_OFFLINE = "went_offline"  # its last will, and not back within the grace period
+    UNKNOWN = "unknown"  # a failure report that gave no reason
 
 
 class DeviceReport(Message):
@@ -133,6 +138,6 @@ class DeviceReport(Message):
     device_id: DeviceId
     iteration: int = Field(default=0, ge=0)
     status: ReportStatus
-    reason: str | None = None
+    reason: str | None = None  # a FailureReason when `status` is "failed" or "deploy_failed"
     version: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)

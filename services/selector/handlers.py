@@ -5,8 +5,6 @@ Compensation releases the leases; after it, the round is over and the selector s
 
 from __future__ import annotations
 
-import numpy as np
-
 from schemas import topics
 from schemas.base import now_ms
 from schemas.device import DeviceStatus
@@ -14,30 +12,13 @@ from schemas.events import NodesSelected, RoundCompleted, StepCompensated
 from schemas.ops import RoundRequested
 from schemas.steps import Step
 from services.runtime import Context, Rejected, Route, Service, keys
-
-MIN_BATTERY = 0.2
-MIN_MEMORY_MB = 64
-LEASE_MARGIN_MS = 120_000
-ROUND_MARGIN_MS = 60_000
-
-
-def eligible(status: DeviceStatus) -> bool:
-    """Can this device train now? Online, on a network, enough battery or charging, memory."""
-    return (
-        status.state in ("idle", "training")
-        and status.network != "none"
-        and (status.charging or status.battery >= MIN_BATTERY)
-        and status.memory_mb >= MIN_MEMORY_MB
-        and status.num_examples > 0
-    )
-
-
-def rank(statuses: list[DeviceStatus], seed: int) -> list[DeviceStatus]:
-    """Plugged-in first, then Wi-Fi, then fuller batteries; ties broken by a seeded shuffle."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(statuses))
-    shuffled = [statuses[i] for i in order]
-    return sorted(shuffled, key=lambda s: (not s.charging, s.network != "wifi", -s.battery))
+from services.selector.decisions import (
+    cohort_shortfall,
+    eligible,
+    lease_ms,
+    rank,
+    round_budget_ms,
+)
 
 
 async def on_status(status: DeviceStatus, ctx: Context) -> None:
@@ -78,7 +59,12 @@ async def on_round_requested(request: RoundRequested, ctx: Context) -> None:
         )
         return
 
-    lease_ms = round_budget_ms(request, ctx) + LEASE_MARGIN_MS
+    budget_ms = round_budget_ms(
+        request.training_rounds,
+        request.iteration_timeout_ms,
+        len(ctx.settings.canary_stages),
+        ctx.settings.canary_timeout_ms,
+    )
     registry = await ctx.store.devices()
     candidates = rank([s for s in registry if eligible(s)], request.seed)
     # A replay keeps the cohort it leased before; leasing is idempotent per round.
@@ -87,20 +73,16 @@ async def on_round_requested(request: RoundRequested, ctx: Context) -> None:
         if len(cohort) >= request.cohort_size:
             break
         if status.device_id not in cohort and await ctx.store.lease(
-            status.device_id, round_id, lease_ms
+            status.device_id, round_id, lease_ms(budget_ms)
         ):
             cohort.append(status.device_id)
             await ctx.store.sadd(keys.cohort(round_id), status.device_id)
     await ctx.store.sadd(keys.active(round_id), *cohort)
-    if len(cohort) < request.min_participating_nodes:
-        await ctx.fail(
-            round_id,
-            Step.SELECT,
-            f"only {len(cohort)} eligible devices of {len(registry)} registered; "
-            f"need {request.min_participating_nodes}",
-        )
+    shortfall = cohort_shortfall(len(cohort), len(registry), request.min_participating_nodes)
+    if shortfall is not None:
+        await ctx.fail(round_id, Step.SELECT, shortfall)
         return
-    await ctx.schedule(round_id, "deadline", now_ms() + round_budget_ms(request, ctx))
+    await ctx.schedule(round_id, "deadline", now_ms() + budget_ms)
     await ctx.store.set_fields(round_id, cohort_size=len(cohort), step=Step.DISTRIBUTE)
     await ctx.emit_once(
         "selected",
@@ -108,12 +90,6 @@ async def on_round_requested(request: RoundRequested, ctx: Context) -> None:
             round_id=round_id, request=request, cohort=sorted(cohort), eligible=len(candidates)
         ),
     )
-
-
-def round_budget_ms(request: RoundRequested, ctx: Context) -> int:
-    """How long a round may take before it is failed: every iteration and canary stage."""
-    stages = len(ctx.settings.canary_stages) * ctx.settings.canary_timeout_ms
-    return request.training_rounds * request.iteration_timeout_ms + stages + ROUND_MARGIN_MS
 
 
 async def on_timer(round_id: str, tag: str, ctx: Context) -> None:

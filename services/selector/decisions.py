@@ -1,0 +1,62 @@
+"""What the selector decides, as functions of plain values.
+
+- A device is **eligible** to train when it is online (idle or training), on a network, has at
+  least `MIN_BATTERY` charge or is charging, has `MIN_MEMORY_MB` of memory and some examples.
+- Eligible devices are **ranked** plugged-in first, then on Wi-Fi, then by fuller battery; ties
+  are broken by a shuffle seeded with the round's seed, so a round picks the same cohort when
+  it is replayed. The selector leases them in that order until it has `cohort_size`.
+- A cohort smaller than `min_participating_nodes` **fails the round** at step 1.
+- A round's **time budget** is every iteration's timeout plus every canary stage's timeout plus
+  `ROUND_MARGIN_MS`; a round still running after it fails at the step it is stuck in. Leases
+  last `LEASE_MARGIN_MS` longer than the budget, so they outlive the round's own deadline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from schemas.device import DeviceStatus
+
+MIN_BATTERY = 0.2
+MIN_MEMORY_MB = 64
+LEASE_MARGIN_MS = 120_000
+ROUND_MARGIN_MS = 60_000
+
+
+def eligible(status: DeviceStatus) -> bool:
+    """Can this device train now? Online, on a network, enough battery or charging, memory."""
+    return (
+        status.state in ("idle", "training")
+        and status.network != "none"
+        and (status.charging or status.battery >= MIN_BATTERY)
+        and status.memory_mb >= MIN_MEMORY_MB
+        and status.num_examples > 0
+    )
+
+
+def rank(statuses: list[DeviceStatus], seed: int) -> list[DeviceStatus]:
+    """Plugged-in first, then Wi-Fi, then fuller batteries; ties broken by a seeded shuffle."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(statuses))
+    shuffled = [statuses[i] for i in order]
+    return sorted(shuffled, key=lambda s: (not s.charging, s.network != "wifi", -s.battery))
+
+
+def round_budget_ms(
+    training_rounds: int, iteration_timeout_ms: int, canary_stages: int, canary_timeout_ms: int
+) -> int:
+    """How long a round may take before it is failed: every iteration and canary stage."""
+    stages = canary_stages * canary_timeout_ms
+    return training_rounds * iteration_timeout_ms + stages + ROUND_MARGIN_MS
+
+
+def lease_ms(budget_ms: int) -> int:
+    """How long a device stays leased to a round with this budget."""
+    return budget_ms + LEASE_MARGIN_MS
+
+
+def cohort_shortfall(cohort: int, registered: int, min_nodes: int) -> str | None:
+    """Why a cohort of this size cannot start the round, or None when it can."""
+    if cohort >= min_nodes:
+        return None
+    return f"only {cohort} eligible devices of {registered} registered; need {min_nodes}"

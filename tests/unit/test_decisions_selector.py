@@ -1,0 +1,265 @@
+"""The selector's decisions: eligibility, ranking, the cohort's minimum, the round's budget."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.device import DeviceStatus
+from services.selector.decisions import (
+    LEASE_MARGIN_MS,
+    MIN_BATTERY,
+    MIN_MEMORY_MB,
+    ROUND_MARGIN_MS,
+    cohort_shortfall,
+    eligible,
+    lease_ms,
+    rank,
+    round_budget_ms,
+)
+
+PROPERTY = settings(database=None, deadline=None)
+
+
+def _status(device_id: str = "d1", **fields: object) -> DeviceStatus:
+    base: dict[str, object] = {
+        "state": "idle",
+        "battery": 0.8,
+        "charging": False,
+        "network": "wifi",
+        "memory_mb": 512,
+        "num_examples": 100,
+    }
+    return DeviceStatus(device_id=device_id, **{**base, **fields})
+
+
+def _key(s: DeviceStatus) -> tuple[bool, bool, float]:
+    return (not s.charging, s.network != "wifi", -s.battery)
+
+
+statuses = st.builds(
+    lambda i, charging, network, battery: _status(
+        f"d{i}", charging=charging, network=network, battery=battery
+    ),
+    st.integers(0, 10**6),
+    st.booleans(),
+    st.sampled_from(["wifi", "cellular"]),
+    st.sampled_from([0.0, 0.2, 0.5, 1.0]) | st.floats(0.0, 1.0),
+)
+fleets = st.lists(statuses, max_size=30, unique_by=lambda s: s.device_id)
+
+
+# --- eligible ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"state": "training"},
+        {"network": "cellular"},
+        {"battery": MIN_BATTERY},
+        {"battery": 0.0, "charging": True},
+        {"memory_mb": MIN_MEMORY_MB},
+        {"num_examples": 1},
+    ],
+    ids=repr,
+)
+def test_eligible_devices(fields: dict[str, object]) -> None:
+    # Prepare
+    status = _status(**fields)
+
+    # Execute
+    ok = eligible(status)
+
+    # Assert
+    assert ok is True
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"state": "paused"},
+        {"state": "offline"},
+        {"network": "none"},
+        {"network": "none", "charging": True},
+        {"battery": MIN_BATTERY - 0.01},
+        {"battery": 0.0},
+        {"memory_mb": MIN_MEMORY_MB - 1},
+        {"num_examples": 0},
+        {"state": "offline", "charging": True, "battery": 1.0},
+    ],
+    ids=repr,
+)
+def test_ineligible_devices(fields: dict[str, object]) -> None:
+    # Prepare
+    status = _status(**fields)
+
+    # Execute
+    ok = eligible(status)
+
+    # Assert
+    assert ok is False
+
+
+# --- rank ---------------------------------------------------------------------------
+
+
+def test_rank_puts_plugged_in_first_then_wifi_then_fuller_batteries() -> None:
+    # Prepare
+    fleet = [
+        _status("cell-low", network="cellular", battery=0.3),
+        _status("wifi-low", battery=0.3),
+        _status("plugged-cell-empty", network="cellular", battery=0.0, charging=True),
+        _status("cell-full", network="cellular", battery=1.0),
+        _status("wifi-full", battery=1.0),
+        _status("plugged-wifi-low", battery=0.1, charging=True),
+    ]
+
+    # Execute
+    ranked = [s.device_id for s in rank(fleet, seed=0)]
+
+    # Assert
+    assert ranked == [
+        "plugged-wifi-low",
+        "plugged-cell-empty",
+        "wifi-full",
+        "wifi-low",
+        "cell-full",
+        "cell-low",
+    ]
+
+
+@PROPERTY
+@given(fleet=fleets, seed=st.integers(0, 2**32))
+def test_rank_is_a_sorted_permutation(fleet: list[DeviceStatus], seed: int) -> None:
+    # Prepare: nothing beyond the fleet
+
+    # Execute
+    ranked = rank(fleet, seed)
+
+    # Assert
+    assert sorted(s.device_id for s in ranked) == sorted(s.device_id for s in fleet)
+    keys = [_key(s) for s in ranked]
+    assert keys == sorted(keys)
+
+
+@PROPERTY
+@given(fleet=fleets, seed=st.integers(0, 2**32))
+def test_rank_is_deterministic_for_a_seed(fleet: list[DeviceStatus], seed: int) -> None:
+    # Prepare
+    again = list(fleet)
+
+    # Execute
+    first = rank(fleet, seed)
+    second = rank(again, seed)
+
+    # Assert
+    assert [s.device_id for s in first] == [s.device_id for s in second]
+
+
+def test_rank_breaks_ties_by_seed() -> None:
+    # Prepare: ten devices nobody can tell apart
+    fleet = [_status(f"d{i}") for i in range(10)]
+
+    # Execute
+    orders = {tuple(s.device_id for s in rank(fleet, seed)) for seed in range(10)}
+
+    # Assert
+    assert len(orders) > 1
+
+
+def test_rank_does_not_modify_its_input() -> None:
+    # Prepare
+    fleet = [_status(f"d{i}", battery=i / 10) for i in range(5)]
+    before = list(fleet)
+
+    # Execute
+    rank(fleet, seed=3)
+
+    # Assert
+    assert fleet == before
+
+
+def test_rank_of_nobody_is_empty() -> None:
+    # Prepare / Execute
+    ranked = rank([], seed=0)
+
+    # Assert
+    assert ranked == []
+
+
+@PROPERTY
+@given(fleet=fleets)
+def test_charging_devices_never_rank_below_unplugged_ones(fleet: list[DeviceStatus]) -> None:
+    # Prepare: nothing beyond the fleet
+
+    # Execute
+    ranked = rank(fleet, seed=0)
+
+    # Assert
+    plugged = [s.charging for s in ranked]
+    assert plugged == sorted(plugged, reverse=True)
+
+
+# --- round_budget_ms / lease_ms ---------------------------------------------------------------
+
+
+def test_round_budget_covers_every_iteration_and_stage_and_a_margin() -> None:
+    # Prepare: 25 iterations of 30 s, three canary stages of 20 s
+
+    # Execute
+    budget = round_budget_ms(25, 30_000, 3, 20_000)
+
+    # Assert
+    assert budget == 25 * 30_000 + 3 * 20_000 + ROUND_MARGIN_MS
+
+
+@PROPERTY
+@given(
+    rounds=st.integers(1, 1000),
+    timeout=st.integers(1, 10**7),
+    stages=st.integers(0, 10),
+    stage_timeout=st.integers(0, 10**7),
+)
+def test_round_budget_grows_with_every_input_and_leases_outlive_it(
+    rounds: int, timeout: int, stages: int, stage_timeout: int
+) -> None:
+    # Prepare: nothing beyond the parameters
+
+    # Execute
+    budget = round_budget_ms(rounds, timeout, stages, stage_timeout)
+
+    # Assert
+    assert budget >= rounds * timeout + ROUND_MARGIN_MS
+    assert round_budget_ms(rounds + 1, timeout, stages, stage_timeout) > budget
+    assert round_budget_ms(rounds, timeout, stages + 1, stage_timeout) >= budget
+    assert lease_ms(budget) == budget + LEASE_MARGIN_MS > budget
+
+
+# --- cohort_shortfall ---------------------------------------------------------------------------
+
+
+def test_a_cohort_below_the_minimum_says_how_many_were_eligible() -> None:
+    # Prepare: 3 leased of 30 registered, 5 needed
+
+    # Execute
+    reason = cohort_shortfall(3, 30, 5)
+
+    # Assert
+    assert reason == "only 3 eligible devices of 30 registered; need 5"
+
+
+@PROPERTY
+@given(cohort=st.integers(0, 10**6), registered=st.integers(0, 10**6), need=st.integers(1, 10**6))
+def test_a_cohort_falls_short_exactly_when_below_the_minimum(
+    cohort: int, registered: int, need: int
+) -> None:
+    # Prepare: nothing beyond the parameters
+
+    # Execute
+    reason = cohort_shortfall(cohort, registered, need)
+
+    # Assert
+    assert (reason is None) == (cohort >= need)

@@ -8,18 +8,28 @@ When no device is still training, or at the deadline, the iteration closes: quor
 
 from __future__ import annotations
 
-import math
-from collections import Counter
-
 from schemas import topics
 from schemas.base import now_ms
-from schemas.device import DeviceReport, DeviceStatus, StopCommand, TrainCommand
+from schemas.device import (
+    DeviceReport,
+    DeviceStatus,
+    FailureReason,
+    StopCommand,
+    TrainCommand,
+)
 from schemas.events import TrainingCompleted, UpdateReceived, WeightsDistributed
 from schemas.steps import Step
 from services.runtime import Context, Route, Service, keys
-
-TRAINING = "training"
-DONE = "done"
+from services.trainer_coordinator.decisions import (
+    DONE,
+    TRAINING,
+    failed_state,
+    failure_note,
+    fence,
+    quorum,
+    should_close,
+    still_offline,
+)
 
 
 async def on_weights_distributed(event: WeightsDistributed, ctx: Context) -> None:
@@ -67,7 +77,11 @@ async def on_report(report: DeviceReport, ctx: Context) -> None:
     if report.status != "failed":
         return
     await _mark_failed(
-        report.round_id, report.iteration, report.device_id, report.reason or "unknown", ctx
+        report.round_id,
+        report.iteration,
+        report.device_id,
+        report.reason or FailureReason.UNKNOWN,
+        ctx,
     )
 
 
@@ -88,8 +102,9 @@ async def on_status(status: DeviceStatus, ctx: Context) -> None:
 async def _still_offline(round_id: str, device_id: str, ctx: Context) -> None:
     state = await ctx.store.get_round(round_id)
     status = await ctx.store.device(device_id)
-    if state.get("status") == "running" and (status is None or status.state == "offline"):
-        await _mark_failed(round_id, int(state.get("iteration", 0)), device_id, "went_offline", ctx)
+    if still_offline(state.get("status"), None if status is None else status.state):
+        iteration = int(state.get("iteration", 0))
+        await _mark_failed(round_id, iteration, device_id, FailureReason.WENT_OFFLINE, ctx)
 
 
 async def _mark_failed(
@@ -98,7 +113,7 @@ async def _mark_failed(
     it_key = keys.iteration(round_id, iteration)
     if await ctx.store.redis.sismember(keys.contributors(round_id, iteration), device_id):
         return  # its update is in the aggregate: it did its part, whatever happened after
-    if await ctx.store.hcas(it_key, device_id, TRAINING, f"failed:{reason}"):
+    if await ctx.store.hcas(it_key, device_id, TRAINING, failed_state(reason)):
         ctx.log.info("device failed", device_id=device_id, reason=reason, iteration=iteration)
         await close_if_settled(round_id, iteration, ctx)
 
@@ -140,41 +155,36 @@ async def close_if_settled(
     it_key = keys.iteration(round_id, iteration)
     states = await ctx.store.hgetall(it_key)
     contributed = set(await ctx.store.smembers(keys.contributors(round_id, iteration)))
-    settled = all(s != TRAINING or d in contributed for d, s in states.items())
-    if not (settled or deadline_passed):
+    if not should_close(states, contributed, deadline_passed=deadline_passed):
         return
     await ctx.store.hsetnx(keys.round_hash(round_id), f"closing_{iteration}", str(now_ms()))
-    for device_id in await ctx.store.smembers(keys.contributors(round_id, iteration)):
-        await ctx.store.hcas(it_key, device_id, TRAINING, DONE)
-    for device_id, state in (await ctx.store.hgetall(it_key)).items():
-        if state == TRAINING:
-            await ctx.store.hcas(it_key, device_id, TRAINING, "failed:deadline_passed")
+    contributed = set(await ctx.store.smembers(keys.contributors(round_id, iteration)))
+    for device_id, state in fence(await ctx.store.hgetall(it_key), contributed).items():
+        await ctx.store.hcas(it_key, device_id, TRAINING, state)
     await ctx.store.cancel(ctx.service, round_id, f"deadline:{iteration}")
-    states = await ctx.store.hgetall(it_key)
-    done = sorted(d for d, s in states.items() if s == DONE)
-    failures = {d: s.removeprefix("failed:") for d, s in states.items() if s != DONE}
-    if failures:
-        noted = {d: f"{r} (iteration {iteration})" for d, r in failures.items()}
-        await ctx.store.hset(keys.failures(round_id), noted)
-        await ctx.store.redis.srem(keys.active(round_id), *failures)
     request = await ctx.store.request_of(round_id)
-    cohort = len(await ctx.store.smembers(keys.cohort(round_id)))
-    need = max(request["min_participating_nodes"], math.ceil(cohort / 2))
-    if len(done) >= need:
-        await ctx.store.set_fields(round_id, step=Step.AGGREGATE)
-        await ctx.emit_once(
-            f"closed_{iteration}",
-            TrainingCompleted(
-                round_id=round_id, iteration=iteration, participants=done, failures=failures
-            ),
-        )
+    judged = quorum(
+        await ctx.store.hgetall(it_key),
+        iteration=iteration,
+        cohort=len(await ctx.store.smembers(keys.cohort(round_id))),
+        min_nodes=request["min_participating_nodes"],
+    )
+    if judged.failures:
+        noted = {d: failure_note(r, iteration) for d, r in judged.failures.items()}
+        await ctx.store.hset(keys.failures(round_id), noted)
+        await ctx.store.redis.srem(keys.active(round_id), *judged.failures)
+    if judged.reason is not None:
+        await ctx.fail(round_id, Step.TRAIN, judged.reason)
         return
-    reasons = ", ".join(f"{r}: {n}" for r, n in Counter(failures.values()).items())
-    await ctx.fail(
-        round_id,
-        Step.TRAIN,
-        f"insufficient participation in iteration {iteration}: {len(done)}/{cohort} devices "
-        f"reported, need {need} ({reasons})",
+    await ctx.store.set_fields(round_id, step=Step.AGGREGATE)
+    await ctx.emit_once(
+        f"closed_{iteration}",
+        TrainingCompleted(
+            round_id=round_id,
+            iteration=iteration,
+            participants=judged.done,
+            failures=judged.failures,
+        ),
     )
 
 

@@ -10,24 +10,24 @@ active. A redelivered event starts no stage twice. Compensation rolls the device
 from __future__ import annotations
 
 import json
-import math
-
-import numpy as np
 
 from schemas import topics
 from schemas.base import now_ms
 from schemas.device import DeployCommand, DeviceReport, RollbackCommand
 from schemas.events import CanaryStagePassed, ModelDeployed, ModelValidated, RoundCompleted
 from schemas.steps import Step
+from services.deployer.decisions import (
+    PENDING,
+    deployment_state,
+    device_verdict,
+    pending_stage,
+    rollout_order,
+    stage_devices,
+    stage_outcomes,
+    stage_verdict,
+)
 from services.runtime import Context, Route, Service, keys
 from services.runtime.weights import device_bases, send_weights
-
-MAX_UNHEALTHY = 0.2
-
-
-def stage_sizes(fleet: int, percents: tuple[int, ...]) -> list[int]:
-    """Cumulative device counts per stage (at least one device in the first stage)."""
-    return [max(1, math.ceil(fleet * p / 100)) if fleet else 0 for p in percents]
 
 
 async def on_model_validated(event: ModelValidated, ctx: Context) -> None:
@@ -36,12 +36,12 @@ async def on_model_validated(event: ModelValidated, ctx: Context) -> None:
     if state.get("status") != "running":
         return
     if "deploy_fleet" not in state:
-        online = sorted(d.device_id for d in await ctx.store.devices() if d.state != "offline")
-        if not online:
+        devices = await ctx.store.devices()
+        seed = (await ctx.store.request_of(event.round_id))["seed"]
+        fleet = rollout_order(devices, seed)
+        if not fleet:
             await ctx.fail(event.round_id, Step.DEPLOY, "no online device to deploy to")
             return
-        seed = (await ctx.store.request_of(event.round_id))["seed"]
-        fleet = [online[i] for i in np.random.default_rng(seed).permutation(len(online))]
         await ctx.store.hsetnx(keys.round_hash(event.round_id), "deploy_fleet", json.dumps(fleet))
     await start_stage(event.round_id, 1, ctx)
 
@@ -52,15 +52,16 @@ async def start_stage(round_id: str, stage: int, ctx: Context) -> None:
     if f"started_{stage}" in state or state.get("status") != "running":
         return
     fleet = json.loads(state["deploy_fleet"])
-    sizes = stage_sizes(len(fleet), ctx.settings.canary_stages)
-    new = fleet[(sizes[stage - 2] if stage > 1 else 0) : sizes[stage - 1]]
+    new = stage_devices(fleet, ctx.settings.canary_stages, stage)
     version, digest = state["candidate_version"], state["candidate_digest"]
     target = await ctx.store.get_params(digest)
     if target is None:
         await ctx.fail(round_id, Step.DEPLOY, f"candidate {digest} is missing")
         return
     for device_id in new:  # never overwrite a health report a device already sent
-        await ctx.store.hsetnx(keys.deployment(round_id), device_id, f"pending:{stage}")
+        await ctx.store.hsetnx(
+            keys.deployment(round_id), device_id, deployment_state(PENDING, stage)
+        )
     await ctx.store.set_fields(round_id, deploy_stage=stage)
     round_key = keys.round_hash(round_id)
     await ctx.store.hsetnx(
@@ -97,20 +98,15 @@ async def start_stage(round_id: str, stage: int, ctx: Context) -> None:
 async def on_report(report: DeviceReport, ctx: Context) -> None:
     """A canary device reports the deployed version's health (or that it failed)."""
     ctx.check_device(report.device_id)
-    if report.status not in ("deployed", "deploy_failed"):
+    verdict = device_verdict(report.status, report.metrics, ctx.settings.canary_tolerance)
+    if verdict is None:
         return
     key = keys.deployment(report.round_id)
     current = (await ctx.store.hgetall(key)).get(report.device_id, "")
-    if not current.startswith("pending:"):
+    stage = pending_stage(current)
+    if stage is None:
         return
-    stage = int(current.split(":")[1])
-    if report.status == "deploy_failed":
-        outcome = "failed"
-    else:
-        acc = report.metrics.get("accuracy", 0.0)
-        prev = report.metrics.get("previous_accuracy", 0.0)
-        outcome = "ok" if acc >= prev - ctx.settings.canary_tolerance else "bad"
-    if await ctx.store.hcas(key, report.device_id, current, f"{outcome}:{stage}"):
+    if await ctx.store.hcas(key, report.device_id, current, deployment_state(verdict, stage)):
         await check_stage(report.round_id, stage, ctx)
 
 
@@ -130,24 +126,18 @@ async def check_stage(round_id: str, stage: int, ctx: Context, *, timed_out: boo
     if passed is None:
         if state.get("status") != "running":
             return
-        states = [
-            s.split(":")[0]
-            for s in (await ctx.store.hgetall(keys.deployment(round_id))).values()
-            if s.endswith(f":{stage}")
-        ]
-        if "pending" in states and not timed_out:
+        pct = ctx.settings.canary_stages[stage - 1]
+        verdict = stage_verdict(
+            stage_outcomes(await ctx.store.hgetall(keys.deployment(round_id)), stage),
+            stage=stage,
+            percent=pct,
+            timed_out=timed_out,
+        )
+        if not verdict.decided:
             return
         await ctx.store.cancel(ctx.service, round_id, f"stage:{stage}")
-        unhealthy = sum(s != "ok" for s in states)
-        pct = ctx.settings.canary_stages[stage - 1]
-        # A stage may add no device on a tiny fleet (10% and 50% of 1); it passes.
-        if states and unhealthy / len(states) > MAX_UNHEALTHY:
-            await ctx.fail(
-                round_id,
-                Step.DEPLOY,
-                f"canary stage {stage} ({pct}%): {unhealthy}/{len(states)} devices "
-                f"unhealthy ({', '.join(sorted(set(states) - {'ok'}))})",
-            )
+        if verdict.reason is not None:
+            await ctx.fail(round_id, Step.DEPLOY, verdict.reason)
             return
         await ctx.emit_once(
             f"stage_passed_{stage}",
@@ -156,8 +146,8 @@ async def check_stage(round_id: str, stage: int, ctx: Context, *, timed_out: boo
                 version=state["candidate_version"],
                 stage=stage,
                 percent=pct,
-                devices=len(states),
-                healthy=len(states) - unhealthy,
+                devices=verdict.devices,
+                healthy=verdict.healthy,
             ),
         )
     if stage < len(ctx.settings.canary_stages):

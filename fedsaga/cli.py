@@ -6,9 +6,12 @@ import asyncio
 import json
 import os
 import time
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
+import aiomqtt
 import typer
+from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rich.console import Console
 from rich.table import Table
 
@@ -20,6 +23,7 @@ app = typer.Typer(
 round_app = typer.Typer(help="Start rounds and read their saga timeline.", no_args_is_help=True)
 app.add_typer(round_app, name="round")
 console = Console()
+err_console = Console(stderr=True)
 
 
 def _conn() -> dict[str, object]:
@@ -51,31 +55,34 @@ def up(devices: int = 30, alpha: float = 0.5, seed: int = 0) -> None:
     from deploy.stack import LocalStack
     from edge_client.fleet import Fleet, FleetSpec
 
-    with LocalStack() as stack:
-        s = stack.settings
-        console.print("stack is up; in another shell:")
-        console.print(f"  export FEDSAGA_MQTT_PORT={s.mqtt_port} FEDSAGA_REDIS_URL={s.redis_url}")
-        console.print("  fedsaga round start demo-1 --wait")
-        console.print(
-            f'  mosquitto_pub -p {s.mqtt_port} -t fl/ops/round/start -m \'{{"round_id": "r2"}}\''
-        )
-        console.print(f"logs: {stack.workdir}")
-
-        async def serve() -> None:
-            spec = FleetSpec(
-                devices=devices,
-                alpha=alpha,
-                seed=seed,
-                data_seed=s.data_seed,
-                holdout_fraction=s.holdout_fraction,
+    try:
+        with LocalStack() as stack:
+            s = stack.settings
+            console.print("stack is up; in another shell:")
+            console.print(
+                f"  export FEDSAGA_MQTT_PORT={s.mqtt_port} FEDSAGA_REDIS_URL={s.redis_url}"
             )
-            async with Fleet(spec, host=s.mqtt_host, port=s.mqtt_port):
-                await asyncio.Event().wait()
+            console.print("  fedsaga round start demo-1 --wait")
+            console.print(
+                f"  mosquitto_pub -p {s.mqtt_port} -t fl/ops/round/start "
+                """-m '{"round_id": "r2"}'"""
+            )
+            console.print(f"logs: {stack.workdir}")
 
-        try:
+            async def serve() -> None:
+                spec = FleetSpec(
+                    devices=devices,
+                    alpha=alpha,
+                    seed=seed,
+                    data_seed=s.data_seed,
+                    holdout_fraction=s.holdout_fraction,
+                )
+                async with Fleet(spec, host=s.mqtt_host, port=s.mqtt_port):
+                    await asyncio.Event().wait()
+
             asyncio.run(serve())
-        except KeyboardInterrupt:
-            console.print("stopping")
+    except KeyboardInterrupt:  # Ctrl-C, whenever it comes: the stack is torn down by now
+        console.print("stopped")
 
 
 @app.command()
@@ -86,40 +93,119 @@ def service(name: str) -> None:
     main(name)
 
 
+_REQUEST = RoundRequested.model_fields
+
+
+def _default(name: str) -> Any:
+    """RoundRequested's default for a field, so `--help` shows what an omitted option means."""
+    return _REQUEST[name].default
+
+
+_NO_CHAOS: Chaos = _default("simulate_failure")
+
+
+def _help(name: str) -> str | None:
+    return _REQUEST[name].description
+
+
+def _die(message: str, code: int = 2) -> NoReturn:
+    """One clear line on stderr and an exit code: 1 the round failed, 2 usage or connection."""
+    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def build_request(round_id: str, fields: dict[str, Any]) -> RoundRequested:
+    """The round request from CLI options; a bad value is one line naming the option."""
+    try:
+        return RoundRequested.model_validate({"round_id": round_id, **fields})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        option = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "request"
+        _die(f"{option}: {first['msg']}")
+
+
 @round_app.command("start")
 def round_start(
-    round_id: str,
-    model_name: str | None = None,
-    model_version: str | None = None,
-    target_accuracy: float | None = None,
-    min_participating_nodes: int | None = None,
-    training_rounds: int | None = None,
-    simulate_failure: Chaos | None = None,
-    cohort_size: int | None = None,
-    local_epochs: int | None = None,
-    batch_size: int | None = None,
-    learning_rate: float | None = None,
+    round_id: Annotated[str, typer.Argument(help="id of the new round")],
+    model_name: Annotated[str, typer.Option(help="model lineage to train")] = _default(
+        "model_name"
+    ),
+    model_version: Annotated[str | None, typer.Option(help=_help("model_version"))] = None,
+    target_accuracy: Annotated[
+        float, typer.Option(help="holdout accuracy the candidate must reach")
+    ] = _default("target_accuracy"),
+    min_participating_nodes: Annotated[
+        int, typer.Option(help="devices that must report in every iteration")
+    ] = _default("min_participating_nodes"),
+    training_rounds: Annotated[int, typer.Option(help="FedAvg iterations in the round")] = _default(
+        "training_rounds"
+    ),
+    simulate_failure: Annotated[
+        Chaos, typer.Option(help="a failure simulated devices act out")
+    ] = _NO_CHAOS,
+    cohort_size: Annotated[int, typer.Option(help="devices to lease")] = _default("cohort_size"),
+    local_epochs: Annotated[int, typer.Option(help="epochs on each device")] = _default(
+        "local_epochs"
+    ),
+    batch_size: Annotated[int, typer.Option(help="device batch size")] = _default("batch_size"),
+    learning_rate: Annotated[float, typer.Option(help="device learning rate")] = _default(
+        "learning_rate"
+    ),
+    iteration_timeout_ms: Annotated[
+        int, typer.Option(help="how long devices have to report, per iteration")
+    ] = _default("iteration_timeout_ms"),
+    layer_sizes: Annotated[str, typer.Option(help=_help("layer_sizes"))] = ",".join(
+        map(str, _default("layer_sizes"))
+    ),
+    seed: Annotated[int, typer.Option(help="seed of selection, sampling and init")] = _default(
+        "seed"
+    ),
     wait: Annotated[bool, typer.Option(help="wait for the result and print it")] = False,
 ) -> None:
-    """Publish a round request (and optionally wait for its result).
-
-    Options left out take RoundRequested's defaults (the same a JSON request gets).
-    """
+    """Publish a round request (and optionally wait for its result)."""
     from fedsaga.client import FedSaga
 
-    given = {k: v for k, v in locals().items() if v is not None and k != "wait"}
-    request = RoundRequested.model_validate(given)
+    try:
+        sizes = tuple(int(x) for x in layer_sizes.split(","))
+    except ValueError:
+        _die(f"--layer-sizes: expected comma-separated integers, got {layer_sizes!r}")
+    request = build_request(
+        round_id,
+        {
+            "model_name": model_name,
+            "model_version": model_version,
+            "target_accuracy": target_accuracy,
+            "min_participating_nodes": min_participating_nodes,
+            "training_rounds": training_rounds,
+            "simulate_failure": simulate_failure,
+            "cohort_size": cohort_size,
+            "local_epochs": local_epochs,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "iteration_timeout_ms": iteration_timeout_ms,
+            "layer_sizes": sizes,
+            "seed": seed,
+        },
+    )
+    conn = _conn()
 
-    async def go() -> None:
-        async with FedSaga(**_conn()) as saga:  # type: ignore[arg-type]
-            if wait:
-                result = await saga.run(request)
-                console.print_json(result.model_dump_json(exclude={"timeline"}))
-            else:
+    async def go() -> int:
+        async with FedSaga(**conn) as saga:  # type: ignore[arg-type]
+            if not wait:
                 await saga.start(request)
                 console.print(f"requested round {round_id}")
+                return 0
+            result = await saga.run(request)
+            console.print_json(result.model_dump_json(exclude={"timeline"}))
+            return 0 if result.succeeded else 1
 
-    asyncio.run(go())
+    try:
+        code = asyncio.run(go())
+    except aiomqtt.MqttError as exc:
+        _die(f"cannot reach the MQTT broker at {conn['mqtt_host']}:{conn['mqtt_port']}: {exc}")
+    except RedisConnectionError as exc:
+        _die(f"cannot reach Redis at {conn['redis_url']}: {exc}")
+    raise typer.Exit(code)
 
 
 @round_app.command("status")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
@@ -133,10 +133,3 @@ class FedSaga:
     async def status(self, round_id: str) -> RoundResult:
         """The round as Redis has it now."""
         return await round_result(self.store, round_id)
-
-    async def events(self) -> AsyncIterator[Any]:
-        """Saga events as they arrive."""
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.on_event(lambda _topic, event: queue.put_nowait(event))
-        while True:
-            yield await queue.get()

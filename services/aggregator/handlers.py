@@ -24,6 +24,7 @@ from schemas.events import (
     UpdateReceived,
 )
 from schemas.steps import Step
+from services.aggregator.decisions import Refusal, check_payload, check_update
 from services.runtime import Context, Rejected, Route, SagaConflict, Service, StaleRound, keys
 
 _RETRIES = 50
@@ -34,21 +35,24 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
     ctx.check_device(update.device_id)
     round_id, it = update.round_id, update.iteration
     state = await ctx.store.get_round(round_id)
-    if state.get("status") != "running":
-        raise StaleRound(f"round {round_id} is {state.get('status', 'unknown')}")
-    if not await ctx.store.redis.sismember(keys.cohort(round_id), update.device_id):
-        raise Rejected(f"device {update.device_id} was not selected for round {round_id}")
-    if it != int(state.get("iteration", -1)) or f"closing_{it}" in state:
-        raise StaleRound(f"iteration {it} is not open (current {state.get('iteration')})")
     held = await ctx.store.redis.hget(keys.held(round_id), update.device_id)
-    if held is None or held.decode() != update.base_digest:
-        raise Rejected("update is not against the model this device was sent")
     registered = await ctx.store.device(update.device_id)
-    if registered is not None and update.num_examples > registered.num_examples:
-        raise Rejected(
-            f"num_examples {update.num_examples} exceeds the {registered.num_examples} "
-            "the device registered"
+    current = state.get("iteration")
+    _refuse(
+        check_update(
+            round_id=round_id,
+            round_status=state.get("status", "unknown"),
+            device_id=update.device_id,
+            selected=await ctx.store.redis.sismember(keys.cohort(round_id), update.device_id),
+            iteration=it,
+            current_iteration=None if current is None else int(current),
+            closing=f"closing_{it}" in state,
+            base_digest=update.base_digest,
+            held_digest=None if held is None else held.decode(),
+            num_examples=update.num_examples,
+            registered_examples=None if registered is None else registered.num_examples,
         )
+    )
     global_params = await ctx.store.get_params(state[f"base_{it}"])
     if global_params is None:
         raise Rejected("global model missing")
@@ -56,10 +60,14 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
         payload = read_payload(update.blob, limits=PayloadLimits(max_bytes=len(update.blob)))
     except PayloadError as exc:
         raise Rejected(f"bad update payload: {exc.reason}") from exc
-    if payload.base_digest != update.base_digest:
-        raise Rejected("payload base digest differs from the update's")
-    if spec_of(payload.delta) != spec_of(global_params):
-        raise Rejected("update shapes do not match the model")
+    _refuse(
+        check_payload(
+            base_digest=update.base_digest,
+            payload_base_digest=payload.base_digest,
+            payload_spec=spec_of(payload.delta),
+            model_spec=spec_of(global_params),
+        )
+    )
     try:
         added = await _accumulate(
             round_id, it, update.device_id, flatten(payload.delta), update.num_examples, ctx
@@ -89,6 +97,12 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
             num_examples=update.num_examples,
         )
     )
+
+
+def _refuse(refusal: Refusal | None) -> None:
+    """Raise what the runtime expects for a refused update."""
+    if refusal is not None:
+        raise (StaleRound if refusal.stale else Rejected)(refusal.reason)
 
 
 async def _accumulate(

@@ -1,0 +1,85 @@
+"""What the aggregator decides about a device's update, as functions of plain values.
+
+An update is folded into its iteration's FedAvg only if every check passes, in this order:
+
+1. its round is running, and 2. its device was selected for the round;
+3. its iteration is the round's current one and is not closing (the coordinator fenced it);
+4. it is against the model this device was sent (`base_digest`), and
+5. it claims no more examples than the device registered;
+
+then, once the payload is decoded (checks 1-5 come first, so nothing is decoded for a device
+that had no business sending it):
+
+6. the payload names the same base as the update, and 7. its tensors have the model's shapes.
+
+A failed check is a `Refusal`: `stale` ones concern a round or iteration that moved on; the
+others are input the aggregator refuses. Either way nothing is added and the reason is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from federated.params import ParamSpec
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an update is not aggregated."""
+
+    reason: str
+    stale: bool = False  # the round or the iteration has moved on
+
+
+def check_update(
+    *,
+    round_id: str,
+    round_status: str,
+    device_id: str,
+    selected: bool,
+    iteration: int,
+    current_iteration: int | None,
+    closing: bool,
+    base_digest: str,
+    held_digest: str | None,
+    num_examples: int,
+    registered_examples: int | None,
+) -> Refusal | None:
+    """The checks an update passes before its payload is decoded; None when it passes them.
+
+    Args:
+        round_status: the round's status ("unknown" when there is no such round).
+        current_iteration: the round's iteration, None when it has none.
+        held_digest: the digest of the model the device was sent, None if it was sent none.
+        registered_examples: the example count the device registered, None if unregistered.
+    """
+    if round_status != "running":
+        return Refusal(f"round {round_id} is {round_status}", stale=True)
+    if not selected:
+        return Refusal(f"device {device_id} was not selected for round {round_id}")
+    if current_iteration is None or iteration != current_iteration or closing:
+        return Refusal(
+            f"iteration {iteration} is not open (current {current_iteration})", stale=True
+        )
+    if held_digest != base_digest:
+        return Refusal("update is not against the model this device was sent")
+    if registered_examples is not None and num_examples > registered_examples:
+        return Refusal(
+            f"num_examples {num_examples} exceeds the {registered_examples} the device registered"
+        )
+    return None
+
+
+def check_payload(
+    *,
+    base_digest: str,
+    payload_base_digest: str | None,
+    payload_spec: ParamSpec,
+    model_spec: ParamSpec,
+) -> Refusal | None:
+    """The checks a decoded payload passes; None when it passes them."""
+    if payload_base_digest != base_digest:
+        return Refusal("payload base digest differs from the update's")
+    if payload_spec != model_spec:
+        return Refusal("update shapes do not match the model")
+    return None

@@ -1,0 +1,189 @@
+"""The aggregator's decisions: the checks an update and its decoded payload must pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.aggregator.decisions import Refusal, check_payload, check_update
+
+PROPERTY = settings(database=None, deadline=None)
+
+SPEC = (("w", (64, 10)), ("b", (10,)))
+
+
+def _update(**changes: Any) -> dict[str, Any]:
+    """The values the handler reads for an update that passes every check."""
+    values: dict[str, Any] = {
+        "round_id": "r1",
+        "round_status": "running",
+        "device_id": "d1",
+        "selected": True,
+        "iteration": 2,
+        "current_iteration": 2,
+        "closing": False,
+        "base_digest": "abc",
+        "held_digest": "abc",
+        "num_examples": 100,
+        "registered_examples": 100,
+    }
+    return {**values, **changes}
+
+
+def test_an_update_that_fits_passes() -> None:
+    # Prepare
+    values = _update()
+
+    # Execute
+    refusal = check_update(**values)
+
+    # Assert
+    assert refusal is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"round_status": "failed"}, Refusal("round r1 is failed", stale=True)),
+        ({"round_status": "unknown"}, Refusal("round r1 is unknown", stale=True)),
+        ({"selected": False}, Refusal("device d1 was not selected for round r1")),
+        ({"iteration": 1}, Refusal("iteration 1 is not open (current 2)", stale=True)),
+        ({"closing": True}, Refusal("iteration 2 is not open (current 2)", stale=True)),
+        (
+            {"current_iteration": None},
+            Refusal("iteration 2 is not open (current None)", stale=True),
+        ),
+        (
+            {"held_digest": "other"},
+            Refusal("update is not against the model this device was sent"),
+        ),
+        (
+            {"held_digest": None},
+            Refusal("update is not against the model this device was sent"),
+        ),
+        (
+            {"num_examples": 101},
+            Refusal("num_examples 101 exceeds the 100 the device registered"),
+        ),
+    ],
+    ids=repr,
+)
+def test_each_check_refuses_with_its_reason(changes: dict[str, Any], expected: Refusal) -> None:
+    # Prepare
+    values = _update(**changes)
+
+    # Execute
+    refusal = check_update(**values)
+
+    # Assert
+    assert refusal == expected
+
+
+def test_an_unregistered_device_has_no_example_bound() -> None:
+    # Prepare
+    values = _update(registered_examples=None, num_examples=10**9)
+
+    # Execute
+    refusal = check_update(**values)
+
+    # Assert
+    assert refusal is None
+
+
+def test_the_first_failing_check_gives_the_reason() -> None:
+    # Prepare: a stale round from a device nobody selected, against the wrong base
+    values = _update(round_status="compensating", selected=False, held_digest="x")
+
+    # Execute
+    refusal = check_update(**values)
+
+    # Assert: the round moved on; the rest is not worth reporting
+    assert refusal == Refusal("round r1 is compensating", stale=True)
+
+
+@PROPERTY
+@given(
+    status=st.sampled_from(["running", "failed", "succeeded", "compensating", "unknown"]),
+    selected=st.booleans(),
+    iteration=st.integers(0, 5),
+    current=st.none() | st.integers(0, 5),
+    closing=st.booleans(),
+    held=st.none() | st.sampled_from(["abc", "def"]),
+    examples=st.integers(1, 1000),
+    registered=st.none() | st.integers(0, 1000),
+)
+def test_an_update_passes_exactly_when_every_check_does(
+    status: str,
+    selected: bool,
+    iteration: int,
+    current: int | None,
+    closing: bool,
+    held: str | None,
+    examples: int,
+    registered: int | None,
+) -> None:
+    # Prepare
+    values = _update(
+        round_status=status,
+        selected=selected,
+        iteration=iteration,
+        current_iteration=current,
+        closing=closing,
+        held_digest=held,
+        num_examples=examples,
+        registered_examples=registered,
+    )
+    every_check = (
+        status == "running"
+        and selected
+        and iteration == current
+        and not closing
+        and held == "abc"
+        and (registered is None or examples <= registered)
+    )
+
+    # Execute
+    refusal = check_update(**values)
+
+    # Assert: stale only when the round or the iteration moved on (the checks run in order)
+    assert (refusal is None) == every_check
+    if refusal is not None:
+        moved_on = status != "running" or (selected and (iteration != current or closing))
+        assert refusal.stale == moved_on
+
+
+# --- check_payload -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload_base", "payload_spec", "expected"),
+    [
+        ("abc", SPEC, None),
+        ("xyz", SPEC, Refusal("payload base digest differs from the update's")),
+        (None, SPEC, Refusal("payload base digest differs from the update's")),
+        ("abc", (("w", (64, 10)),), Refusal("update shapes do not match the model")),
+        ("abc", (("b", (10,)), ("w", (64, 10))), Refusal("update shapes do not match the model")),
+        ("xyz", (), Refusal("payload base digest differs from the update's")),
+    ],
+)
+def test_payload_checks(
+    payload_base: str | None,
+    payload_spec: tuple[tuple[str, tuple[int, ...]], ...],
+    expected: Refusal | None,
+) -> None:
+    # Prepare: the update says base "abc"; the model has SPEC
+
+    # Execute
+    refusal = check_payload(
+        base_digest="abc",
+        payload_base_digest=payload_base,
+        payload_spec=payload_spec,
+        model_spec=SPEC,
+    )
+
+    # Assert
+    assert refusal == expected
+    assert refusal is None or not refusal.stale

@@ -22,8 +22,7 @@ from schemas.events import ModelAggregated, ModelValidated
 from schemas.semver import Version
 from schemas.steps import Step
 from services.runtime import Context, Rejected, Route, Service, keys
-
-FIRST_VERSION = Version(1, 0, 0)
+from services.validator.decisions import first_candidate, validation_failure
 
 
 @functools.cache
@@ -44,7 +43,7 @@ def evaluate(params: Params, seed: int, fraction: float) -> dict[str, float]:
 
 async def next_version(model: str, parent: str | None, ctx: Context) -> Version:
     """The parent's next minor version, skipping any a concurrent round already took."""
-    candidate = Version.parse(parent).next_minor() if parent else FIRST_VERSION
+    candidate = first_candidate(parent)
     taken = {Version.parse(v) for v in await ctx.store.versions(model)}
     # A record without its index entry (a registration cut short) is taken as well.
     while candidate in taken or await ctx.store.get_version(model, str(candidate)):
@@ -74,21 +73,15 @@ async def on_model_aggregated(event: ModelAggregated, ctx: Context) -> None:
         record = await ctx.store.get_version(request["model_name"], parent)
         metrics["parent_accuracy"] = json.loads(record.get("metrics", "{}")).get("accuracy", 0.0)
     await ctx.store.set_fields(round_id, metrics=json.dumps(metrics))
-    target = request["target_accuracy"]
-    if metrics["accuracy"] < target:
-        await ctx.fail(
-            round_id,
-            Step.VALIDATE,
-            f"holdout accuracy {metrics['accuracy']:.4f} below target {target:.4f}",
-        )
-        return
-    if parent and metrics["accuracy"] < metrics["parent_accuracy"] - s.max_regression:
-        await ctx.fail(
-            round_id,
-            Step.VALIDATE,
-            f"holdout accuracy {metrics['accuracy']:.4f} regresses from parent "
-            f"{parent} ({metrics['parent_accuracy']:.4f})",
-        )
+    failure = validation_failure(
+        metrics["accuracy"],
+        request["target_accuracy"],
+        parent=parent,
+        parent_accuracy=metrics.get("parent_accuracy", 0.0),
+        max_regression=s.max_regression,
+    )
+    if failure is not None:
+        await ctx.fail(round_id, Step.VALIDATE, failure)
         return
     record = {
         "parent": parent or "",

@@ -1,0 +1,107 @@
+"""The validator's decisions: the verdict against target and parent, and the first version."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.semver import Version
+from services.validator.decisions import FIRST_VERSION, first_candidate, validation_failure
+
+PROPERTY = settings(database=None, deadline=None)
+
+unit = st.floats(0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "target", "parent", "parent_accuracy", "expected"),
+    [
+        (0.9, 0.8, None, 0.0, None),
+        (0.8, 0.8, None, 0.0, None),  # the target itself passes
+        (0.7, 0.8, None, 0.0, "holdout accuracy 0.7000 below target 0.8000"),
+        (0.9, 0.8, "1.2.0", 0.91, None),  # within max_regression of the parent
+        (0.9, 0.8, "1.2.0", 0.95, "holdout accuracy 0.9000 regresses from parent 1.2.0 (0.9500)"),
+        (0.7, 0.8, "1.2.0", 0.95, "holdout accuracy 0.7000 below target 0.8000"),  # target first
+        (0.9, 0.8, "", 0.99, None),  # an empty parent is no parent
+    ],
+)
+def test_validation_failure_examples(
+    accuracy: float,
+    target: float,
+    parent: str | None,
+    parent_accuracy: float,
+    expected: str | None,
+) -> None:
+    # Prepare: max_regression 0.02
+
+    # Execute
+    failure = validation_failure(
+        accuracy, target, parent=parent, parent_accuracy=parent_accuracy, max_regression=0.02
+    )
+
+    # Assert
+    assert failure == expected
+
+
+@PROPERTY
+@given(
+    accuracy=unit,
+    target=unit,
+    parent=st.none() | st.just("1.0.0"),
+    parent_accuracy=unit,
+    max_regression=st.floats(0.0, 1.0),
+)
+def test_a_verdict_never_passes_below_target_or_far_below_the_parent(
+    accuracy: float,
+    target: float,
+    parent: str | None,
+    parent_accuracy: float,
+    max_regression: float,
+) -> None:
+    # Prepare: nothing beyond the parameters
+
+    # Execute
+    failure = validation_failure(
+        accuracy,
+        target,
+        parent=parent,
+        parent_accuracy=parent_accuracy,
+        max_regression=max_regression,
+    )
+
+    # Assert
+    if accuracy < target:
+        assert failure is not None
+        assert "below target" in failure
+    if failure is None:
+        assert accuracy >= target
+        assert parent is None or accuracy >= parent_accuracy - max_regression
+
+
+@PROPERTY
+@given(accuracy=unit, target=unit, parent_accuracy=unit, more=unit)
+def test_more_accuracy_never_turns_a_pass_into_a_failure(
+    accuracy: float, target: float, parent_accuracy: float, more: float
+) -> None:
+    # Prepare
+    def verdict(acc: float) -> str | None:
+        return validation_failure(
+            acc, target, parent="2.3.0", parent_accuracy=parent_accuracy, max_regression=0.01
+        )
+
+    # Execute
+    before, after = verdict(accuracy), verdict(accuracy + more)
+
+    # Assert
+    if before is None:
+        assert after is None
+
+
+def test_first_candidate_is_the_parents_next_minor_or_the_first_version() -> None:
+    # Prepare / Execute
+    orphan, child = first_candidate(None), first_candidate("1.4.2")
+
+    # Assert
+    assert orphan == FIRST_VERSION == Version(1, 0, 0)
+    assert child == Version(1, 5, 0)

@@ -80,23 +80,22 @@ def decompress_and_unpack(blob: bytes, limits: PayloadLimits) -> Any:
         )
     except zstandard.ZstdError as exc:
         raise PayloadError(f"zstd decompression failed: {exc}") from exc
-    unpacker = msgpack.Unpacker(
-        raw=False,
-        strict_map_key=True,
-        max_buffer_size=limits.max_decompressed,
-        max_bin_len=4 * limits.max_elements,
-        max_str_len=_MAX_STR_LEN,
-        max_array_len=max(limits.max_tensors, _MAX_NDIM),
-        max_map_len=_MAX_MAP_LEN,
-        max_ext_len=0,
-    )
     try:
-        unpacker.feed(raw)
-        document = unpacker.unpack()
+        # unpackb reads `raw` in place (an Unpacker would copy it into its buffer first).
+        document = msgpack.unpackb(
+            raw,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=4 * limits.max_elements,
+            max_str_len=_MAX_STR_LEN,
+            max_array_len=max(limits.max_tensors, _MAX_NDIM),
+            max_map_len=_MAX_MAP_LEN,
+            max_ext_len=0,
+        )
+    except msgpack.ExtraData as exc:
+        raise PayloadError(f"{len(exc.extra)} bytes of trailing data after msgpack") from exc
     except (msgpack.UnpackException, ValueError, TypeError, OverflowError) as exc:
         raise PayloadError(f"invalid msgpack: {exc!r}") from exc
-    if unpacker.tell() != len(raw):
-        raise PayloadError(f"{len(raw) - unpacker.tell()} bytes of trailing data after msgpack")
     return document
 
 

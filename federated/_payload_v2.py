@@ -69,17 +69,23 @@ class V2Document:
     nnz: int | None
 
 
-def _decode_values(raw: bytes, scales_raw: bytes, *, bits: int, block: int, count: int) -> Any:
-    """Return `count` float32 values from their wire bytes (shared by encoder and decoder)."""
+def _check_value_sizes(raw: bytes, scales_raw: bytes, *, bits: int, block: int, count: int) -> None:
+    """Raise PayloadError unless the value and scale bytes fit `count` values exactly."""
     if bits == 32:
         if len(raw) != 4 * count or scales_raw:
             raise PayloadError(f"{count} float32 values need {4 * count} bytes and no scales")
-        return np.frombuffer(raw, dtype="<f4").astype(np.float32)
-    if len(raw) != packed_size(count, bits) or len(scales_raw) != 4 * num_blocks(count, block):
+    elif len(raw) != packed_size(count, bits) or len(scales_raw) != 4 * num_blocks(count, block):
         raise PayloadError(
             f"{count} values of {bits} bits need {packed_size(count, bits)} bytes and "
             f"{num_blocks(count, block)} scales of block {block}"
         )
+
+
+def _decode_values(raw: bytes, scales_raw: bytes, *, bits: int, block: int, count: int) -> Any:
+    """Return `count` float32 values from their wire bytes (shared by encoder and decoder)."""
+    _check_value_sizes(raw, scales_raw, bits=bits, block=block, count=count)
+    if bits == 32:
+        return np.frombuffer(raw, dtype="<f4").astype(np.float32)
     scales = np.frombuffer(scales_raw, dtype="<f4").astype(np.float32)
     if not np.all(np.isfinite(scales)) or np.any(scales < 0):
         raise PayloadError("scales must be finite and non-negative")
@@ -217,10 +223,9 @@ def decode_v2(top: dict[str, Any], *, max_tensors: int, max_elements: int) -> V2
     values_raw, scales_raw = top["values"], top["scales"]
     if not isinstance(values_raw, bytes) or not isinstance(scales_raw, bytes):
         raise PayloadError("values and scales must be binary")
-    delta = np.zeros(n, dtype=np.float32)
-    nnz = None
     if index is None:
-        delta[:] = _decode_values(values_raw, scales_raw, bits=bits, block=block, count=n)
+        nnz = None
+        delta = _decode_values(values_raw, scales_raw, bits=bits, block=block, count=n)
     else:
         if not isinstance(index, list) or len(index) != 3:
             raise PayloadError("index must be [coding, nnz, bytes]")
@@ -231,12 +236,14 @@ def decode_v2(top: dict[str, Any], *, max_tensors: int, max_elements: int) -> V2
             raise PayloadError("index coding must be a string and its data binary")
         if (coding == SEEDED) != (method == "mask"):
             raise PayloadError(f"method {method} cannot use index coding {coding!r}")
-        # Values first: their sizes are checked before any positions are built.
-        values = _decode_values(values_raw, scales_raw, bits=bits, block=block, count=nnz)
+        # Every size is checked before anything is built: values, then positions, then delta.
+        _check_value_sizes(values_raw, scales_raw, bits=bits, block=block, count=nnz)
         if method == "mask":
             idx = _seeded_indices(index_raw, spec, nnz)
         else:
             idx = decode_indices(coding, index_raw, n=n, count=nnz)
+        values = _decode_values(values_raw, scales_raw, bits=bits, block=block, count=nnz)
+        delta = np.zeros(n, dtype=np.float32)
         delta[idx] = values
     if not np.all(np.isfinite(delta)):
         raise PayloadError("payload decodes to non-finite values")

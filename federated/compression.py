@@ -87,7 +87,14 @@ def dequantize(q: np.ndarray, scales: np.ndarray, *, block: int) -> np.ndarray:
             f"{qs.size} values need {num_blocks(qs.size, block)} scales of block {block}, "
             f"got {sc.size}"
         )
-    return qs.astype(np.float32) * np.repeat(sc, block)[: qs.size]
+    out = qs.astype(np.float32)
+    # Scale whole blocks through a view and the short tail by the last scale: no per-element
+    # copy of the scales, so a huge `block` over a few values costs nothing.
+    whole = qs.size // block
+    out[: whole * block].reshape(whole, block)[...] *= sc[:whole, None]
+    if whole * block < qs.size:
+        out[whole * block :] *= sc[-1]
+    return out
 
 
 def quantize_int8(
@@ -146,4 +153,5 @@ def unpack_codes(raw: bytes, *, bits: int, count: int) -> np.ndarray:
         unsigned = flat[:count]
     if unsigned.size and unsigned.max() > 2 * top:
         raise NumericsError(f"code out of range for {bits} bits")
-    return (unsigned.astype(np.int16) - top).astype(np.int8)
+    # unsigned - qmax wraps modulo 256 to the same bits as the signed code.
+    return (unsigned - np.uint8(top)).view(np.int8)

@@ -28,11 +28,13 @@ __all__ = [
     "ErrorFeedback",
     "decode_indices",
     "encode_indices",
+    "max_index_bytes",
     "prune_magnitude",
     "top_k",
 ]
 
 INDEX_CODINGS = ("gaps", "bitmap")
+_CHUNK = 1 << 16  # varints decoded at a time
 
 
 def top_k(x: np.ndarray, k: int) -> np.ndarray:
@@ -106,21 +108,36 @@ def _varints(values: np.ndarray) -> bytes:
 
 
 def _unvarints(raw: bytes, count: int, max_len: int) -> np.ndarray:
+    """Decode `count` varints; working memory is the int64 output plus one byte per input byte.
+
+    The ends of the varints are found first and counted before any array of their size is
+    made; the values then overwrite the ends, `_CHUNK` at a time, in the same array.
+    """
     b = np.frombuffer(raw, dtype=np.uint8)
-    ends = np.flatnonzero(b < 0x80)
-    if ends.size != count or (b.size and (ends.size == 0 or ends[-1] != b.size - 1)):
+    last = b < 0x80
+    if np.count_nonzero(last) != count or (b.size and not last[-1]):
         raise PayloadError(f"index varints: expected {count} complete values in {b.size} bytes")
-    if count == 0:
-        return np.zeros(0, dtype=np.int64)
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    lengths = ends - starts + 1
-    if lengths.max() > max_len:
-        raise PayloadError(f"index varint longer than {max_len} bytes")
-    if np.any((lengths > 1) & (b[ends] == 0)):
-        raise PayloadError("index varint is not in its shortest form")
-    position = np.arange(b.size, dtype=np.int64) - np.repeat(starts, lengths)
-    digits = (b & 0x7F).astype(np.int64) << (7 * position)
-    return np.add.reduceat(digits, starts)
+    out = np.flatnonzero(last).astype(np.int64, copy=False)
+    del last
+    prev_end = -1
+    for lo in range(0, count, _CHUNK):
+        ends = out[lo : lo + _CHUNK]
+        starts = np.empty_like(ends)
+        starts[0] = prev_end + 1
+        starts[1:] = ends[:-1] + 1
+        lengths = ends - starts + 1
+        longest = int(lengths.max())
+        if longest > max_len:
+            raise PayloadError(f"index varint longer than {max_len} bytes")
+        if np.any((lengths > 1) & (b[ends] == 0)):
+            raise PayloadError("index varint is not in its shortest form")
+        values = np.zeros(ends.size, dtype=np.int64)
+        for j in range(longest):
+            sel = lengths > j
+            values[sel] |= (b[starts[sel] + j] & 0x7F).astype(np.int64) << (7 * j)
+        prev_end = int(ends[-1])
+        out[lo : lo + _CHUNK] = values
+    return out
 
 
 def _encode_as(coding: str, idx: np.ndarray, n: int) -> bytes:
@@ -145,27 +162,51 @@ def encode_indices(idx: np.ndarray, n: int, *, level: int = 3) -> tuple[str, byt
     return best, encoded[best]
 
 
-def decode_indices(coding: str, raw: bytes, *, n: int, count: int) -> np.ndarray:
-    """Decode `count` indices into [0, n); raise PayloadError unless they are valid and sorted."""
+def max_index_bytes(coding: str, *, n: int, count: int) -> int:
+    """The most bytes a valid encoding of `count` indices into [0, n) can take.
+
+    A decoder checks its input against this before allocating anything. A gap g takes
+    1 + floor(log128 g) <= 1 + g // 128 bytes as a varint, and the gaps of `count` sorted
+    indices below n sum to at most n - count.
+    """
     if coding == "bitmap":
-        if len(raw) != -(-n // 8):
-            raise PayloadError(f"index bitmap of {n} elements needs {-(-n // 8)} bytes")
-        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")
-        if np.any(bits[n:]):
+        return -(-n // 8)
+    if coding == "gaps":
+        return count + max(n - count, 0) // 128
+    raise PayloadError(f"unknown index coding {coding!r}")
+
+
+def decode_indices(coding: str, raw: bytes, *, n: int, count: int) -> np.ndarray:
+    """Decode `count` indices into [0, n); raise PayloadError unless they are valid and sorted.
+
+    Memory: the int64 output plus about one byte per element of the bitmap or byte of varints,
+    never more than `max_index_bytes` allows; nothing is allocated before that size is checked.
+    """
+    if not 0 <= count <= n:
+        raise PayloadError(f"{count} indices cannot lie in [0, {n})")
+    limit = max_index_bytes(coding, n=n, count=count)
+    if coding == "bitmap":
+        if len(raw) != limit:
+            raise PayloadError(f"index bitmap of {n} elements needs {limit} bytes")
+        packed = np.frombuffer(raw, dtype=np.uint8)
+        if n % 8 and packed[-1] >> (n % 8):
             raise PayloadError("index bitmap has bits set past the last element")
-        idx = np.flatnonzero(bits[:n]).astype(np.int64)
-        if idx.size != count:
-            raise PayloadError(f"index bitmap holds {idx.size} indices, expected {count}")
-        return idx
-    if coding != "gaps":
-        raise PayloadError(f"unknown index coding {coding!r}")
-    if len(raw) > 8 * count:
-        raise PayloadError(f"{len(raw)} bytes of varints for {count} indices")
+        bits = np.unpackbits(packed, count=n, bitorder="little")
+        held = int(np.count_nonzero(bits))
+        if held != count:
+            raise PayloadError(f"index bitmap holds {held} indices, expected {count}")
+        return np.flatnonzero(bits).astype(np.int64, copy=False)
+    if len(raw) > limit:
+        raise PayloadError(f"{len(raw)} bytes of varints for {count} indices below {n}")
     max_len = max(1, -(-max(n, 1).bit_length() // 7))
-    gaps = _unvarints(raw, count, max_len)
-    if gaps.size and gaps.max() >= n:  # also keeps the running sum below 2**63
+    idx = _unvarints(raw, count, max_len)
+    # Each gap below n keeps the running sum below count * n, far from 2**63.
+    if idx.size and idx.max() >= n:
         raise PayloadError(f"index gap out of [0, {n})")
-    idx = np.cumsum(gaps + 1) - 1
-    if idx.size and (idx[-1] >= n or np.any(np.diff(idx) <= 0)):
-        raise PayloadError(f"indices out of [0, {n}) or not strictly increasing")
+    # gap - 1 on the wire: index = running sum of (gap + 1) - 1, strictly increasing.
+    idx += 1
+    np.cumsum(idx, out=idx)
+    idx -= 1
+    if idx.size and idx[-1] >= n:
+        raise PayloadError(f"indices out of [0, {n})")
     return idx

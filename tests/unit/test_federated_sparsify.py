@@ -14,6 +14,7 @@ from federated.sparsify import (
     ErrorFeedback,
     decode_indices,
     encode_indices,
+    max_index_bytes,
     prune_magnitude,
     top_k,
 )
@@ -159,6 +160,20 @@ def test_index_coding_round_trips(n: int, data: st.DataObject) -> None:
     coding, raw = encode_indices(idx, n)
     # Assert
     np.testing.assert_array_equal(decode_indices(coding, raw, n=n, count=idx.size), idx)
+
+
+@_PROPERTY
+@given(st.integers(1, 3000), st.data())
+def test_encoded_indices_never_exceed_the_size_decoders_accept(n: int, data: st.DataObject) -> None:
+    # Prepare: sparse or clustered positions, large gaps included.
+    count = data.draw(st.integers(0, min(n, 200)))
+    idx = np.array(
+        sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=count, max_size=count)))
+    )
+    # Execute
+    coding, raw = encode_indices(idx.astype(np.int64), n)
+    # Assert
+    assert len(raw) <= max_index_bytes(coding, n=n, count=idx.size)
 
 
 def test_index_coding_picks_the_smaller_after_zstd() -> None:

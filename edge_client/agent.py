@@ -22,6 +22,12 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel
 
 from edge_client.config import DeviceProfile
+from edge_client.decisions import (
+    battery_after_training,
+    corrupts_update,
+    reported_accuracy,
+    training_decision,
+)
 from edge_client.store import Held, LocalModelStore
 from edge_client.trainer import evaluate, train_update
 from federated.errors import PayloadError
@@ -35,6 +41,7 @@ from schemas.device import (
     DeviceState,
     DeviceStatus,
     DeviceUpdate,
+    FailureReason,
     ModelPayload,
     ReportStatus,
     RevokeCommand,
@@ -43,10 +50,8 @@ from schemas.device import (
     TrainCommand,
 )
 from schemas.errors import DecodeError
-from schemas.ops import Chaos
 
 log = structlog.get_logger()
-CHAOS_REASONS = ("battery_died", "network_timeout", "device_suspended")
 
 
 class DeviceAgent:
@@ -235,7 +240,7 @@ class DeviceAgent:
                     payload.round_id,
                     "failed",
                     iteration=payload.iteration,
-                    reason="model_unavailable",
+                    reason=FailureReason.MODEL_UNAVAILABLE,
                 )
                 return
             try:
@@ -243,7 +248,10 @@ class DeviceAgent:
             except PayloadError as exc:
                 log.warning("bad payload", device_id=self.device_id, reason=exc.reason)
                 await self.report(
-                    payload.round_id, "failed", iteration=payload.iteration, reason="bad_payload"
+                    payload.round_id,
+                    "failed",
+                    iteration=payload.iteration,
+                    reason=FailureReason.BAD_PAYLOAD,
                 )
                 return
         assert rebuilt is not None
@@ -313,18 +321,6 @@ class DeviceAgent:
 
     # -- work ---------------------------------------------------------------------------------
 
-    def _chaos_failure(self, chaos: Chaos) -> str | None:
-        """A failure to act out: configured rates always, the round's chaos when simulated."""
-        p = self.profile
-        draw = self.rng.random()
-        for reason, rate in p.failures.model_dump().items():
-            if draw < rate:
-                return str(reason)
-            draw -= rate
-        if p.honor_chaos and chaos == Chaos.PARTICIPATION and self.rng.random() < p.chaos_share:
-            return str(self.rng.choice(CHAOS_REASONS))
-        return None
-
     async def train(self, cmd: TrainCommand) -> None:
         """One local training iteration from the round's weights; publish the update."""
         rid, it = cmd.round_id, cmd.iteration
@@ -332,25 +328,22 @@ class DeviceAgent:
         def left() -> float:  # this is background work: it may wait out a reconnect
             return max(0.0, cmd.deadline_ms / 1000 - time.time())
 
-        if not self.profile.charging and self.battery < self.profile.pause_below:
+        decision = training_decision(self.profile, self.battery, cmd.chaos, self.rng)
+        if decision.action == "pause":
             self.state = "paused"
             await self.publish_status()
-            await self.report(rid, "failed", iteration=it, reason="low_battery", wait_s=left())
-            return
-        failure = self._chaos_failure(cmd.chaos)
-        if failure is not None:
-            await self.report(rid, "failed", iteration=it, reason=failure, wait_s=left())
+        if decision.reason is not None:
+            await self.report(rid, "failed", iteration=it, reason=decision.reason, wait_s=left())
             return
         held = await self._wait_for(cmd.model_digest, left())
         if held is None:
-            await self.report(
-                rid, "failed", iteration=it, reason="model_unavailable", wait_s=left()
-            )
+            reason = FailureReason.MODEL_UNAVAILABLE
+            await self.report(rid, "failed", iteration=it, reason=reason, wait_s=left())
             return
         self.state = "training"
         await self.report(rid, "training", iteration=it, wait_s=left())
         seed = int(self.rng.integers(2**31))
-        corrupt = self.profile.honor_chaos and cmd.chaos == Chaos.VALIDATION
+        corrupt = corrupts_update(self.profile, cmd.chaos)
         blob, stats = await asyncio.to_thread(
             train_update,
             held.params,
@@ -364,8 +357,7 @@ class DeviceAgent:
         )
         if self.profile.slowdown_s:
             await asyncio.sleep(self.profile.slowdown_s)  # slow hardware, simulated
-        if not self.profile.charging:
-            self.battery = max(0.0, self.battery - self.profile.drain_per_iteration)
+        self.battery = battery_after_training(self.profile, self.battery)
         self.state = "idle"
         await self._publish(
             topics.DEVICE_UPDATE,
@@ -389,7 +381,10 @@ class DeviceAgent:
             self.models.current is None or self.models.current.digest != cmd.digest
         ):
             await self.report(
-                cmd.round_id, "deploy_failed", version=cmd.version, reason="model_unavailable"
+                cmd.round_id,
+                "deploy_failed",
+                version=cmd.version,
+                reason=FailureReason.MODEL_UNAVAILABLE,
             )
             return
         before = (
@@ -398,9 +393,8 @@ class DeviceAgent:
         if held is not None:
             self.models.deploy(Held(held.digest, held.params, cmd.version))
             self.models.pending_deploy.pop(cmd.digest, None)
-        after = evaluate(self.models.current.params, self._x, self._y)  # type: ignore[union-attr]
-        if self.profile.honor_chaos and cmd.chaos == Chaos.DEPLOYMENT:
-            after *= 0.5  # the simulated regression a canary must catch
+        measured = evaluate(self.models.current.params, self._x, self._y)  # type: ignore[union-attr]
+        after = reported_accuracy(self.profile, cmd.chaos, measured)
         await self.publish_status()
         await self.report(
             cmd.round_id,

@@ -6,7 +6,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class FailureRates(BaseModel):
-    """Per-training-command probabilities of each failure a device reports."""
+    """Per-training-command probabilities of each failure a device reports.
+
+    Each field is named for a `FailureReason` (the chaos reasons, in the order they are drawn).
+    """
 
     model_config = ConfigDict(frozen=True)
 

@@ -17,12 +17,20 @@ import numpy as np
 from federated.data import (
     dirichlet_partition,
     load_digits,
-    simulate_fedavg,
     train_centralized,
     train_holdout_split,
 )
 from federated.model import predict
 from federated.params import Params
+from federated.simulation import (
+    ClientData,
+    FederatedTask,
+    float32_downlink,
+    float32_uplink,
+    payload_downlink,
+    payload_uplink,
+    simulate,
+)
 
 # The demo configuration.
 SIZES = (64, 32, 10)
@@ -59,22 +67,22 @@ def run_seed(seed: int, args: argparse.Namespace) -> tuple[float, list[float], f
         lr=BASE_LR,
         rng=base_rng,
     )
+    task = FederatedTask([ClientData(x_tr[i], y_tr[i]) for i in parts], x_ho, y_ho, SIZES)
+    plain = args.no_quantize
     start = time.perf_counter()
-    history = simulate_fedavg(
-        x_tr,
-        y_tr,
-        parts,
-        sizes=SIZES,
+    result = simulate(
+        task,
         iterations=args.iterations,
         clients_per_iteration=NUM_CLIENTS,
         epochs=args.epochs,
         batch_size=args.batch,
         lr=args.lr,
         rng=fed_rng,
-        quantize=not args.no_quantize,
+        uplink=float32_uplink if plain else payload_uplink(),
+        downlink=float32_downlink if plain else payload_downlink(),
     )
     elapsed = time.perf_counter() - start
-    return accuracy(baseline, x_ho, y_ho), [accuracy(p, x_ho, y_ho) for p in history], elapsed
+    return accuracy(baseline, x_ho, y_ho), result.accuracy, elapsed
 
 
 def main() -> None:

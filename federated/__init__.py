@@ -12,7 +12,6 @@ from federated.compression import dequantize, dequantize_int8, quantize, quantiz
 from federated.data import (
     dirichlet_partition,
     load_digits,
-    simulate_fedavg,
     train_centralized,
     train_holdout_split,
 )
@@ -127,7 +126,6 @@ __all__ = [
     "quantize_int8",
     "read_payload",
     "simulate",
-    "simulate_fedavg",
     "simulate_secagg",
     "spec_of",
     "sub",

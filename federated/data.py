@@ -1,4 +1,4 @@
-"""The digits data set, stratified and Dirichlet non-IID splits, and in-memory baselines."""
+"""The digits data set, stratified and Dirichlet non-IID splits, and the centralized baseline."""
 
 from __future__ import annotations
 
@@ -6,16 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from federated.aggregate import FedAvgAccumulator
 from federated.errors import NumericsError, ShapeError
 from federated.model import init_mlp, train_local
-from federated.params import Params, flatten, spec_of, sub, unflatten
-from federated.payload import apply_payload, make_payload, read_payload
+from federated.params import Params
 
 __all__ = [
     "dirichlet_partition",
     "load_digits",
-    "simulate_fedavg",
     "train_centralized",
     "train_holdout_split",
 ]
@@ -97,56 +94,3 @@ def train_centralized(
     params = init_mlp(sizes, rng)
     trained, _ = train_local(params, x, y, epochs=epochs, batch_size=batch_size, lr=lr, rng=rng)
     return trained
-
-
-def simulate_fedavg(
-    x: np.ndarray,
-    y: np.ndarray,
-    partitions: Sequence[np.ndarray],
-    *,
-    sizes: Sequence[int],
-    iterations: int,
-    clients_per_iteration: int,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    rng: np.random.Generator,
-    quantize: bool = True,
-) -> list[Params]:
-    """Run FedAvg in memory and return the global model after each iteration.
-
-    With `quantize`, models travel as int8 payloads both ways, exactly as on the wire: the
-    server sends the global model as a delta against what the device holds (the full model
-    the first time) and the device returns its update as a delta against its start model.
-    """
-    if not 1 <= clients_per_iteration <= len(partitions):
-        raise NumericsError(f"cannot pick {clients_per_iteration} of {len(partitions)} clients")
-    global_model = init_mlp(sizes, rng)
-    spec = spec_of(global_model)
-    held: dict[int, Params] = {}  # what each device holds, as the server knows it
-    history: list[Params] = []
-    for _ in range(iterations):
-        acc = FedAvgAccumulator()
-        chosen = rng.choice(len(partitions), size=clients_per_iteration, replace=False)
-        for client in (int(c) for c in chosen):
-            idx = partitions[client]
-            if quantize:
-                blob, start = make_payload(global_model, held.get(client), rng=rng)
-                # The device side: decode and rebuild; must equal `start` bit for bit.
-                start = apply_payload(read_payload(blob), held.get(client), expected_spec=spec)
-                held[client] = start
-            else:
-                start = global_model
-            trained, _ = train_local(
-                start, x[idx], y[idx], epochs=epochs, batch_size=batch_size, lr=lr, rng=rng
-            )
-            if quantize:
-                update = read_payload(make_payload(trained, start, rng=rng)[0])
-                apply_payload(update, start, expected_spec=spec)  # the server's checks
-                delta = update.delta
-            else:
-                delta = sub(trained, start)
-            acc.add(flatten(delta), int(idx.size))
-        global_model = unflatten(flatten(global_model) + acc.mean(), spec)
-        history.append(global_model)
-    return history

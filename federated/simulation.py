@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from federated.mask import SeededMask
 from federated.metrics import classification_metrics
 from federated.model import init_mlp, predict, train_local
 from federated.params import Params, flatten, spec_of, sub
+from federated.payload import apply_payload, make_payload, read_payload
 from federated.strategy import FedAvg, Strategy, Update
 
 #: device side, per update: (delta, rng) -> (delta the server decodes, bytes sent)
@@ -43,6 +44,29 @@ def float32_downlink(
 ) -> tuple[Params, int]:
     """No compression: the device gets the exact global model."""
     return target, int(flatten(target).size * 4)
+
+
+def payload_downlink(**codec: Any) -> Downlink:
+    """Send the global model as a real payload (a delta against what the device holds)."""
+
+    def downlink(
+        target: Params, held: Params | None, rng: np.random.Generator
+    ) -> tuple[Params, int]:
+        blob, _ = make_payload(target, held, rng=rng, **codec)
+        # The device side: decode, rebuild and verify, exactly as on the wire.
+        return apply_payload(read_payload(blob), held), len(blob)
+
+    return downlink
+
+
+def payload_uplink(**codec: Any) -> Uplink:
+    """Send each update as a real payload; the server gets what it decodes."""
+
+    def uplink(delta: Params, rng: np.random.Generator) -> tuple[Params, int]:
+        blob, _ = make_payload(delta, None, rng=rng, **codec)
+        return read_payload(blob).delta, len(blob)
+
+    return uplink
 
 
 @dataclass(frozen=True)

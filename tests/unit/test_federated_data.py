@@ -1,15 +1,13 @@
-"""Tests for federated.data: digits, splits, partitions, centralized and simulated FedAvg."""
+"""Tests for federated.data: digits, splits, partitions and the centralized baseline."""
 
 import numpy as np
 import pytest
 
 from federated import (
     NumericsError,
-    digest,
     dirichlet_partition,
     load_digits,
     predict,
-    simulate_fedavg,
     train_centralized,
     train_holdout_split,
 )
@@ -94,53 +92,3 @@ def test_centralized_baseline_learns_digits() -> None:
         rng=np.random.default_rng(0),
     )
     assert np.mean(predict(params, x_ho) == y_ho) > 0.9
-
-
-@pytest.mark.parametrize("quantize", [True, False])
-def test_simulated_fedavg_improves_and_is_deterministic(quantize: bool) -> None:
-    # Prepare
-    x_tr, y_tr, x_ho, y_ho = _digits_setup()
-    parts = dirichlet_partition(y_tr, num_clients=10, alpha=0.5, rng=np.random.default_rng(1))
-
-    def run() -> list[dict[str, np.ndarray]]:
-        return simulate_fedavg(
-            x_tr,
-            y_tr,
-            parts,
-            sizes=(64, 32, 10),
-            iterations=5,
-            clients_per_iteration=10,
-            epochs=2,
-            batch_size=16,
-            lr=0.2,
-            rng=np.random.default_rng(2),
-            quantize=quantize,
-        )
-
-    # Execute
-    history = run()
-    again = run()
-    # Assert
-    accuracies = [float(np.mean(predict(p, x_ho) == y_ho)) for p in history]
-    assert len(history) == 5
-    assert accuracies[-1] > 0.8
-    assert accuracies[-1] > accuracies[0]
-    assert [digest(p) for p in history] == [digest(p) for p in again]
-
-
-def test_simulated_fedavg_rejects_too_many_clients_per_iteration() -> None:
-    x_tr, y_tr, _, _ = _digits_setup()
-    parts = [np.arange(20), np.arange(20, 40)]
-    with pytest.raises(NumericsError):
-        simulate_fedavg(
-            x_tr,
-            y_tr,
-            parts,
-            sizes=(64, 10),
-            iterations=1,
-            clients_per_iteration=3,
-            epochs=1,
-            batch_size=8,
-            lr=0.1,
-            rng=np.random.default_rng(0),
-        )

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from federated.params import Params, flatten
+from federated.params import Params, l2_norm
 from federated.robust import CoordinateMedian, MultiKrum, NormBounded, TrimmedMean
 from federated.simulation import Attack, FederatedTask, digits_task, simulate
 from federated.strategy import FedAvg, Strategy, Update
@@ -62,7 +62,7 @@ class _NormRecorder(FedAvg):
         self, global_params: Params, updates: Sequence[Update], rng: np.random.Generator
     ) -> Params:
         """Record the norms, then average."""
-        self.norms.extend(float(np.linalg.norm(flatten(u.delta))) for u in updates)
+        self.norms.extend(l2_norm(u.delta) for u in updates)
         return super().aggregate(global_params, updates, rng)
 
 

@@ -156,7 +156,7 @@ class Links:
     ) -> None:
         self.config = config
         self.rng = rng
-        self.mask = {} if mask is None else {"mask": mask}
+        self.mask: dict[str, Any] = {} if mask is None else {"mask": mask}
         # id(model held) -> (that model, kept so its id stays unique, and its device)
         self.devices: dict[int, tuple[Params, Device]] = {}
         # The harness trains and uploads for a device right after its download.

@@ -7,7 +7,7 @@ No I/O, asyncio or logging here; every random function takes an `np.random.Gener
 import importlib
 
 from federated.adaptive_clipping import AdaptiveClip, AdaptiveClipDP
-from federated.aggregate import FedAvgAccumulator, fedavg
+from federated.aggregate import FedAvgAccumulator
 from federated.compression import dequantize, dequantize_int8, quantize, quantize_int8
 from federated.data import (
     dirichlet_partition,
@@ -32,8 +32,10 @@ from federated.params import (
     ParamSpec,
     add,
     check_finite,
+    clip_update,
     digest,
     flatten,
+    l2_norm,
     spec_of,
     sub,
     unflatten,
@@ -46,7 +48,7 @@ from federated.payload import (
     make_payload,
     read_payload,
 )
-from federated.privacy import CentralDP, DistributedDP, clip_update, l2_norm
+from federated.privacy import CentralDP, DistributedDP
 from federated.robust import CoordinateMedian, NormBounded, TrimmedMean
 from federated.secagg import SecAggError, ThresholdError, simulate_secagg
 from federated.simulation import FederatedTask, digits_task, simulate
@@ -112,7 +114,6 @@ __all__ = [
     "digits_task",
     "dirichlet_partition",
     "erk_densities",
-    "fedavg",
     "flatten",
     "forward_logits",
     "init_mlp",

@@ -1,17 +1,16 @@
-"""FedAvg weighted by example count: a streaming accumulator and a reference implementation."""
+"""FedAvg weighted by example count: the one streaming accumulator of weighted means."""
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from federated.errors import NumericsError, PayloadError, ShapeError
-from federated.params import Params, flatten, spec_of, unflatten
 
-__all__ = ["FedAvgAccumulator", "fedavg"]
+__all__ = ["FedAvgAccumulator"]
 
 # magic, has_sum flag, count, total_weight, number of float64 elements that follow
 _HEADER = struct.Struct("<4sBQdQ")
@@ -51,11 +50,11 @@ class FedAvgAccumulator:
         self.total_weight += float(num_examples)
         self.count += 1
 
-    def mean(self) -> np.ndarray:
-        """Return the weighted mean of everything added so far, as float32."""
+    def mean(self, dtype: type[np.floating[Any]] = np.float32) -> np.ndarray:
+        """Return the weighted mean of everything added so far (float32 unless `dtype`)."""
         if self.weighted_sum is None or self.count == 0 or self.total_weight <= 0:
             raise NumericsError("no updates have been added")
-        return (self.weighted_sum / self.total_weight).astype(np.float32)
+        return (self.weighted_sum / self.total_weight).astype(dtype)
 
     def to_bytes(self) -> bytes:
         """Serialise as a fixed little-endian header followed by raw float64 bytes (no pickle)."""
@@ -86,18 +85,3 @@ class FedAvgAccumulator:
         if not np.all(np.isfinite(values)):
             raise PayloadError("accumulator sum contains non-finite values")
         return cls(weighted_sum=values if has_sum else None, total_weight=total, count=count)
-
-
-def fedavg(results: Sequence[tuple[Params, int]]) -> Params:
-    """Reference (non-streaming) FedAvg: the example-weighted mean of every result."""
-    if not results:
-        raise NumericsError("fedavg needs at least one result")
-    spec = spec_of(results[0][0])
-    for params, num_examples in results:
-        _check_weight(num_examples)
-        if spec_of(params) != spec:
-            raise ShapeError(f"result spec {spec_of(params)} differs from {spec}")
-    stacked = np.stack([flatten(p).astype(np.float64) for p, _ in results])
-    weights = np.array([float(n) for _, n in results])
-    mean = (weights @ stacked) / weights.sum()
-    return unflatten(mean.astype(np.float32), spec)

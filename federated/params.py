@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 
 import numpy as np
@@ -14,8 +15,10 @@ __all__ = [
     "Params",
     "add",
     "check_finite",
+    "clip_update",
     "digest",
     "flatten",
+    "l2_norm",
     "spec_of",
     "sub",
     "unflatten",
@@ -27,6 +30,10 @@ Params = dict[str, np.ndarray]
 
 ParamSpec = tuple[tuple[str, tuple[int, ...]], ...]
 """Names and shapes of a `Params`, in order."""
+
+# Scaling by C / norm and rounding each element to float32 can overshoot C by one ulp
+# (relative 2^-24); shrinking by 2^-22 keeps the clipped norm strictly within the bound.
+_CLIP_SAFETY = 1.0 - 2.0**-22
 
 
 def spec_of(params: Params) -> ParamSpec:
@@ -97,3 +104,25 @@ def check_finite(params: Params) -> None:
     for name, arr in params.items():
         if not np.all(np.isfinite(arr)):
             raise NumericsError(f"tensor {name!r} contains non-finite values")
+
+
+def l2_norm(params: Params) -> float:
+    """L2 norm over all tensors together, in float64."""
+    return float(
+        np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in params.values()))
+    )
+
+
+def clip_update(delta: Params, clip_norm: float) -> tuple[Params, bool]:
+    """Scale `delta` down to L2 norm at most `clip_norm`; also say whether it was scaled."""
+    if not (math.isfinite(clip_norm) and clip_norm > 0):
+        raise NumericsError(f"clip_norm must be positive and finite, got {clip_norm}")
+    norm = l2_norm(delta)
+    if not math.isfinite(norm):
+        raise NumericsError("update contains non-finite values")
+    if norm <= clip_norm:
+        return delta, False
+    scale = clip_norm / norm * _CLIP_SAFETY
+    return {
+        k: (np.asarray(v, dtype=np.float64) * scale).astype(np.float32) for k, v in delta.items()
+    }, True

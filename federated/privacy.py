@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from federated.errors import NumericsError, ShapeError
-from federated.params import Params, add, flatten, spec_of, unflatten
+from federated.params import Params, add, clip_update, flatten, spec_of, unflatten
 from federated.strategy import Strategy, Update
 
 __all__ = [
@@ -36,14 +36,8 @@ __all__ = [
     "DistributedDP",
     "apply_mean_delta",
     "check_dp_config",
-    "clip_update",
     "clipped_sum",
-    "l2_norm",
 ]
-
-# Scaling by C / norm and rounding each element to float32 can overshoot C by one ulp
-# (relative 2^-24); shrinking by 2^-22 keeps the clipped norm strictly within the bound.
-_CLIP_SAFETY = 1.0 - 2.0**-22
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -61,27 +55,6 @@ def check_dp_config(
         raise NumericsError(f"expected_clients must be >= 1, got {expected_clients}")
     if strategy is not None and strategy.needs_all_updates:
         raise NumericsError("a DP wrapper hands one noisy mean on; a robust rule cannot use it")
-
-
-def l2_norm(params: Params) -> float:
-    """L2 norm over all tensors together, in float64."""
-    return float(
-        np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in params.values()))
-    )
-
-
-def clip_update(delta: Params, clip_norm: float) -> tuple[Params, bool]:
-    """Scale `delta` down to L2 norm at most `clip_norm`; also say whether it was scaled."""
-    _check_positive("clip_norm", clip_norm)
-    norm = l2_norm(delta)
-    if not math.isfinite(norm):
-        raise NumericsError("update contains non-finite values")
-    if norm <= clip_norm:
-        return delta, False
-    scale = clip_norm / norm * _CLIP_SAFETY
-    return {
-        k: (np.asarray(v, dtype=np.float64) * scale).astype(np.float32) for k, v in delta.items()
-    }, True
 
 
 def clipped_sum(updates: Sequence[Update], clip_norm: float, size: int) -> tuple[np.ndarray, int]:

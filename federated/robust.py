@@ -21,7 +21,7 @@ import numpy as np
 from federated._robust import DEFAULT_MAX_UPDATES, RobustRule, stack_updates
 from federated.errors import NumericsError
 from federated.krum import MultiKrum, krum_scores, multi_krum_select
-from federated.params import Params, flatten
+from federated.params import Params, clip_update
 from federated.strategy import Strategy, Update
 
 __all__ = [
@@ -30,24 +30,12 @@ __all__ = [
     "NormBounded",
     "RobustRule",
     "TrimmedMean",
-    "clip_to_norm",
     "krum_scores",
     "multi_krum_select",
     "stack_updates",
     "trimmed_mean",
     "weighted_median",
 ]
-
-
-def clip_to_norm(delta: Params, max_norm: float) -> Params:
-    """Scale `delta` down so its global L2 norm is at most `max_norm`; smaller ones pass as is."""
-    norm = float(np.linalg.norm(flatten(delta).astype(np.float64)))
-    if not np.isfinite(norm):
-        raise NumericsError("update contains non-finite values")
-    if norm <= max_norm:
-        return delta
-    scale = np.float32(max_norm / norm)
-    return {k: (np.asarray(v, dtype=np.float32) * scale) for k, v in delta.items()}
 
 
 class _Clipped(Sequence[Update]):
@@ -61,7 +49,8 @@ class _Clipped(Sequence[Update]):
         return len(self._updates)
 
     def _clip(self, u: Update) -> Update:
-        return Update(clip_to_norm(u.delta, self._max_norm), u.num_examples, u.client_id)
+        clipped, _ = clip_update(u.delta, self._max_norm)
+        return Update(clipped, u.num_examples, u.client_id)
 
     @overload
     def __getitem__(self, index: int) -> Update: ...

@@ -20,25 +20,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from federated.aggregate import FedAvgAccumulator
 from federated.errors import NumericsError, ShapeError
-from federated.params import Params, ParamSpec, add, flatten, spec_of, unflatten
-from federated.strategy import Strategy, Update
+from federated.params import Params, ParamSpec, add, spec_of, unflatten
+from federated.strategy import Strategy, Update, weighted_mean_delta
 
-__all__ = ["FedAdam", "FedAvgM", "FedYogi", "ServerOptimizer", "pseudo_gradient"]
-
-
-def pseudo_gradient(global_params: Params, updates: Sequence[Update]) -> np.ndarray:
-    """Example-weighted mean delta (float64), streamed; every delta must match the model's spec."""
-    spec = spec_of(global_params)
-    acc = FedAvgAccumulator()
-    for u in updates:
-        if spec_of(u.delta) != spec:
-            raise ShapeError(f"update from client {u.client_id} does not match the model spec")
-        acc.add(flatten(u.delta), u.num_examples)
-    if acc.weighted_sum is None:
-        raise NumericsError("no updates to aggregate")
-    return acc.weighted_sum / acc.total_weight
+__all__ = ["FedAdam", "FedAvgM", "FedYogi", "ServerOptimizer"]
 
 
 def _check_unit_interval(name: str, value: float) -> None:
@@ -63,7 +49,7 @@ class ServerOptimizer(Strategy):
         spec = spec_of(global_params)
         if self._spec is not None and spec != self._spec:
             raise ShapeError("model spec changed between iterations; use a fresh optimizer")
-        delta = pseudo_gradient(global_params, updates)
+        delta = weighted_mean_delta(updates, spec_of(global_params))
         if self._spec is None:
             self._spec = spec
             self._init_state(delta.size)

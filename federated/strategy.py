@@ -43,18 +43,19 @@ class Strategy(ABC):
         """Return the next global model."""
 
 
-def weighted_mean_delta(updates: Sequence[Update], spec: ParamSpec | None = None) -> np.ndarray:
-    """Example-weighted mean of the updates' flat deltas, streamed (memory O(model)).
+def weighted_mean_delta(updates: Sequence[Update], spec: ParamSpec) -> np.ndarray:
+    """Example-weighted mean of the updates' flat deltas (float64), streamed: memory O(model).
 
-    With `spec`, an update whose tensors differ from it raises ShapeError: flat vectors of the
-    same length but another layout would otherwise be added to the wrong tensors.
+    An update whose tensors differ from `spec` raises ShapeError: flat vectors of the same
+    length but another layout would otherwise be added to the wrong tensors. No updates raise
+    NumericsError.
     """
     acc = FedAvgAccumulator()
     for u in updates:
-        if spec is not None and spec_of(u.delta) != spec:
+        if spec_of(u.delta) != spec:
             raise ShapeError(f"update from client {u.client_id} does not match the model")
         acc.add(flatten(u.delta), u.num_examples)
-    return acc.mean()
+    return acc.mean(np.float64)
 
 
 class FedAvg(Strategy):

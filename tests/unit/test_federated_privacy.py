@@ -12,8 +12,8 @@ from hypothesis.extra import numpy as hnp
 
 from federated.adaptive_clipping import AdaptiveClip, AdaptiveClipDP, update_noise_multiplier
 from federated.errors import NumericsError, ShapeError
-from federated.params import Params, flatten
-from federated.privacy import CentralDP, DistributedDP, clip_update, l2_norm
+from federated.params import Params, clip_update, flatten, l2_norm
+from federated.privacy import CentralDP, DistributedDP
 from federated.simulation import simulate
 from federated.strategy import FedAvg, Strategy, Update
 from federated.synthetic import synthetic_task

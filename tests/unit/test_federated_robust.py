@@ -11,14 +11,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from federated.errors import NumericsError, ShapeError
-from federated.params import Params, flatten
+from federated.params import Params, clip_update, flatten
 from federated.robust import (
     CoordinateMedian,
     MultiKrum,
     NormBounded,
     RobustRule,
     TrimmedMean,
-    clip_to_norm,
     krum_scores,
     multi_krum_select,
     trimmed_mean,
@@ -51,28 +50,11 @@ def _aggregate(
 # --- norm bounding ---------------------------------------------------------------------------
 
 
-def test_clip_to_norm_scales_long_updates_and_keeps_short_ones() -> None:
-    # Prepare: global norm of (3, 4) is 5, spread over two tensors
-    long = {"a": np.array([3.0], np.float32), "b": np.array([4.0], np.float32)}
-    short = {"a": np.array([0.3], np.float32), "b": np.array([0.4], np.float32)}
-    # Execute
-    clipped = clip_to_norm(long, 1.0)
-    kept = clip_to_norm(short, 1.0)
-    # Assert
-    np.testing.assert_allclose(flatten(clipped), [0.6, 0.8], rtol=1e-6)
-    np.testing.assert_array_equal(flatten(kept), flatten(short))
-
-
-def test_clip_to_norm_rejects_non_finite_updates() -> None:
-    with pytest.raises(NumericsError):
-        clip_to_norm({"w": np.array([np.inf, 0.0], np.float32)}, 1.0)
-
-
 def test_norm_bounded_fedavg_is_fedavg_of_clipped_updates() -> None:
     # Prepare
     rows = np.random.default_rng(1).standard_normal((6, 5)) * np.arange(1, 7)[:, None]
     weights = [3, 1, 4, 1, 5, 9]
-    clipped = np.stack([flatten(clip_to_norm({"w": r.astype(np.float32)}, 2.0)) for r in rows])
+    clipped = np.stack([flatten(clip_update({"w": r.astype(np.float32)}, 2.0)[0]) for r in rows])
     # Execute
     got = _aggregate(NormBounded(FedAvg(), 2.0), rows, weights)
     # Assert

@@ -8,12 +8,11 @@ from typing import overload
 import numpy as np
 import pytest
 
-from federated.aggregate import fedavg
 from federated.errors import NumericsError, ShapeError
 from federated.model import init_mlp, loss_and_grads, train_local
-from federated.params import Params, flatten, sub
-from federated.strategies import FedAdam, FedAvgM, FedYogi, ServerOptimizer, pseudo_gradient
-from federated.strategy import FedAvg, Strategy, Update
+from federated.params import Params, flatten, spec_of, sub
+from federated.strategies import FedAdam, FedAvgM, FedYogi, ServerOptimizer
+from federated.strategy import FedAvg, Strategy, Update, weighted_mean_delta
 
 RNG = np.random.default_rng(0)
 
@@ -67,26 +66,27 @@ class _OnePass(Sequence[Update]):
         return iter(self._updates)
 
 
-# --- pseudo-gradient -------------------------------------------------------------------------
+# --- the weighted mean of updates (FedAvg's step, the optimizers' pseudo-gradient) ------------
 
 
-def test_pseudo_gradient_is_the_example_weighted_mean() -> None:
+def test_weighted_mean_delta_is_the_example_weighted_mean() -> None:
     # Prepare
     updates = _random_updates(1)
+    rows = np.stack([flatten(u.delta).astype(np.float64) for u in updates])
+    weights = np.array([u.num_examples for u in updates], dtype=np.float64)
     # Execute
-    got = pseudo_gradient(updates[0].delta, updates)
+    got = weighted_mean_delta(updates, spec_of(updates[0].delta))
     # Assert
-    want = fedavg([(u.delta, u.num_examples) for u in updates])
-    np.testing.assert_allclose(got, flatten(want), rtol=1e-6)
+    np.testing.assert_allclose(got, np.average(rows, axis=0, weights=weights), rtol=1e-12)
 
 
-def test_pseudo_gradient_rejects_a_mismatching_spec_and_no_updates() -> None:
+def test_weighted_mean_delta_rejects_a_mismatching_spec_and_no_updates() -> None:
     g = {"a": np.zeros(2, np.float32), "b": np.zeros(1, np.float32)}
     swapped = {"b": np.zeros(1, np.float32), "a": np.zeros(2, np.float32)}
     with pytest.raises(ShapeError):
-        pseudo_gradient(g, [Update(swapped, 1)])
+        weighted_mean_delta([Update(swapped, 1)], spec_of(g))
     with pytest.raises(NumericsError):
-        pseudo_gradient(g, [])
+        weighted_mean_delta([], spec_of(g))
 
 
 @pytest.mark.parametrize("make", [FedAvgM, FedAdam, FedYogi])

@@ -105,3 +105,13 @@ def inflight(service: str, instance: str) -> str:
 def timers(service: str) -> str:
     """Sorted set: `round_id|tag` due at score (ms)."""
     return f"{PREFIX}:timers:{service}"
+
+
+def inflight_due(service: str, instance: str) -> str:
+    """Sorted set: journal entry -> when it may next be tried (ms)."""
+    return f"{PREFIX}:inflight:{service}:{instance}:due"
+
+
+def dead_letters(service: str) -> str:
+    """Stream: messages a service gave up on after its retries, with the reason."""
+    return f"{PREFIX}:deadletter:{service}"

@@ -1,0 +1,139 @@
+"""The in-flight journal, dead letters and the handled-message marks.
+
+A service instance records each message here before acknowledging it to the broker and
+forgets it once handled, so nothing acknowledged is lost to a crash. A message whose handling
+failed for a retryable reason stays, with its attempt count and when to try it next; one that
+keeps failing moves to the service's dead letters, with its reason, for an operator to see.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+from schemas.base import now_ms
+from schemas.codec import pack, unpack
+from services.runtime import keys
+from services.runtime.store._base import StoreBase, text_hash
+
+DEAD_LETTERS_KEPT = 10_000
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """One journaled message."""
+
+    entry: str
+    topic: str
+    payload: bytes
+    first_ms: int
+    attempts: int = 0
+    error: str = ""
+
+    def failed(self, error: str) -> InFlight:
+        """This message after one more failed attempt."""
+        return replace(self, attempts=self.attempts + 1, error=error)
+
+    def pack(self) -> bytes:
+        """The journal's record of it."""
+        return pack([self.first_ms, self.topic, self.payload, self.attempts, self.error])
+
+    @classmethod
+    def unpack(cls, entry: str, raw: bytes) -> InFlight:
+        """Inverse of `pack`."""
+        first_ms, topic, payload, attempts, error = unpack(raw)
+        return cls(entry, topic, payload, first_ms, attempts, error)
+
+
+class JournalStore(StoreBase):
+    """Per service instance: what is in flight; per service: dead letters and dedupe marks."""
+
+    async def journal_add(
+        self, service: str, instance: str, topic: str, payload: bytes, *, lease_ms: int
+    ) -> InFlight:
+        """Record a message as in flight; the retry loop leaves it alone for `lease_ms`."""
+        item = InFlight(uuid.uuid4().hex, topic, payload, now_ms())
+        await self._put(service, instance, item, now_ms() + lease_ms)
+        return item
+
+    async def journal_retry_at(
+        self, service: str, instance: str, item: InFlight, due_ms: int
+    ) -> None:
+        """Keep a failed message (its attempts and error updated) for another try at `due_ms`."""
+        await self._put(service, instance, item, due_ms)
+
+    async def _put(self, service: str, instance: str, item: InFlight, due_ms: int) -> None:
+        journal, due = keys.inflight(service, instance), keys.inflight_due(service, instance)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(journal, item.entry, item.pack())
+            pipe.zadd(due, {item.entry: due_ms})
+            pipe.expire(journal, self.ttl_s)
+            pipe.expire(due, self.ttl_s)
+            await pipe.execute()
+
+    async def journal_remove(self, service: str, instance: str, entry: str) -> None:
+        """The message is handled (or given up on): forget it."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(keys.inflight(service, instance), entry)
+            pipe.zrem(keys.inflight_due(service, instance), entry)
+            await pipe.execute()
+
+    async def journal(self, service: str, instance: str) -> list[InFlight]:
+        """Every message in flight for this instance, oldest first."""
+        raw = await self.redis.hgetall(keys.inflight(service, instance))
+        items = [InFlight.unpack(k.decode(), v) for k, v in raw.items()]
+        return sorted(items, key=lambda i: (i.first_ms, i.entry))
+
+    async def journal_due(
+        self, service: str, instance: str, now: int, limit: int = 20
+    ) -> list[InFlight]:
+        """Messages whose next try is due, oldest due first."""
+        due_key = keys.inflight_due(service, instance)
+        entries = await self.redis.zrangebyscore(due_key, "-inf", now, start=0, num=limit)
+        if not entries:
+            return []
+        raw = await self.redis.hmget(keys.inflight(service, instance), entries)
+        found = [InFlight.unpack(e.decode(), r) for e, r in zip(entries, raw, strict=True) if r]
+        if len(found) < len(entries):  # due marks whose record is gone: drop them
+            gone = [e for e, r in zip(entries, raw, strict=True) if not r]
+            await self.redis.zrem(due_key, *gone)
+        return found
+
+    async def dead_letter(self, service: str, instance: str, item: InFlight) -> None:
+        """Give up on a message: keep it, with its last error, among the dead letters."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(
+                keys.dead_letters(service),
+                {
+                    "topic": item.topic,
+                    "payload": item.payload,
+                    "attempts": item.attempts,
+                    "error": item.error,
+                    "first_ms": item.first_ms,
+                    "instance": instance,
+                },
+                maxlen=DEAD_LETTERS_KEPT,
+                approximate=True,
+            )
+            pipe.hdel(keys.inflight(service, instance), item.entry)
+            pipe.zrem(keys.inflight_due(service, instance), item.entry)
+            await pipe.execute()
+
+    async def dead_letters(self, service: str, count: int = 100) -> list[dict[str, Any]]:
+        """The newest dead letters of a service, newest first (payloads left out)."""
+        out = []
+        entries = await self.redis.xrevrange(keys.dead_letters(service), count=count)
+        for entry_id, fields in entries:
+            raw: dict[bytes, bytes] = dict(fields)
+            payload = raw.pop(b"payload", b"")
+            out.append({"id": entry_id.decode(), **text_hash(raw), "bytes": len(payload)})
+        return out
+
+    async def seen(self, service: str, msg_id: str) -> bool:
+        """Whether this service already handled the message."""
+        return bool(await self.redis.exists(keys.seen(service, msg_id)))
+
+    async def mark_seen(self, service: str, msg_id: str) -> None:
+        """Remember a handled message for a day."""
+        await self.redis.set(keys.seen(service, msg_id), 1, ex=24 * 3600)

@@ -1,0 +1,178 @@
+"""Rounds: each round's hash, its audit log, its outcome records and its scoped sets.
+
+Transitions are optimistic (WATCH/MULTI/EXEC, as arq's `enqueue_job`): a transition states
+what it expects to find and applies only if it does, so a redelivered event changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from redis.exceptions import WatchError
+
+from schemas.base import now_ms
+from schemas.events import Event
+from services.runtime import keys
+from services.runtime.errors import SagaConflict
+from services.runtime.store._base import StoreBase, plain, s, text_hash
+
+E = TypeVar("E", bound=Event)
+
+_HCAS = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) return 1
+end
+return 0
+"""
+_WATCH_RETRIES = 20
+
+
+class RoundStore(StoreBase):
+    """A round's state, its log of events and the keys scoped to it."""
+
+    async def create_round(self, round_id: str, fields: Mapping[str, str | int]) -> bool:
+        """Create the round hash unless it exists; True when this call created it."""
+        key = keys.round_hash(round_id)
+        created = await self.redis.hsetnx(key, "created_ms", now_ms())
+        if not created:
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=plain(fields))
+            pipe.expire(key, self.ttl_s)
+            pipe.zadd(keys.rounds(), {round_id: now_ms()})
+            await pipe.execute()
+        return True
+
+    async def get_round(self, round_id: str) -> dict[str, str]:
+        """The round hash as strings (empty when the round is unknown)."""
+        return text_hash(await self.redis.hgetall(keys.round_hash(round_id)))
+
+    async def request_of(self, round_id: str) -> dict[str, Any]:
+        """The round's original request as a dict."""
+        raw = await self.redis.hget(keys.round_hash(round_id), "request")
+        return json.loads(raw) if raw else {}
+
+    async def transition(
+        self, round_id: str, expect: Mapping[str, str | None], updates: Mapping[str, str | int]
+    ) -> bool:
+        """Apply `updates` if every field in `expect` has that value (None: absent)."""
+        key = keys.round_hash(round_id)
+        for _ in range(_WATCH_RETRIES):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    current = text_hash(await pipe.hgetall(key))
+                    if not current or any(current.get(f) != v for f, v in expect.items()):
+                        return False
+                    pipe.multi()
+                    pipe.hset(key, mapping={**plain(updates), "updated_ms": now_ms()})
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+        raise SagaConflict(f"round {round_id}: transition kept conflicting")
+
+    async def record_outcome(self, round_id: str, key: str, event: E) -> tuple[E, bool]:
+        """Record an event as the round's outcome `key` unless one is recorded already.
+
+        Returns the recorded event (ours or the earlier one) and whether ours was recorded.
+        """
+        field = f"out:{key}"
+        first = await self.hsetnx(keys.round_hash(round_id), field, event.model_dump_json())
+        if first:
+            return event, True
+        recorded = await self.outcome(round_id, key, type(event))
+        assert recorded is not None
+        return recorded, False
+
+    async def outcome(self, round_id: str, key: str, model: type[E]) -> E | None:
+        """The event recorded as the round's outcome `key`, if any."""
+        raw = await self.redis.hget(keys.round_hash(round_id), f"out:{key}")
+        return model.model_validate_json(raw) if raw else None
+
+    async def set_fields(self, round_id: str, **fields: str | int) -> None:
+        """Set round fields unconditionally (for values only one step writes)."""
+        await self.redis.hset(keys.round_hash(round_id), mapping=plain(fields))
+
+    async def mark_once(self, round_id: str, flag: str) -> bool:
+        """Set a one-shot flag on the round; True the first time only."""
+        return bool(await self.redis.hsetnx(keys.round_hash(round_id), flag, now_ms()))
+
+    async def incr(self, round_id: str, field: str, amount: int = 1) -> int:
+        """Add to a round counter."""
+        return int(await self.redis.hincrby(keys.round_hash(round_id), field, amount))
+
+    async def append_event(self, round_id: str, service: str, event: Event) -> None:
+        """Append an event to the round's audit log (bulky fields left out)."""
+        body = event.model_dump(mode="json", exclude={"request", "blob"})
+        key = keys.round_events(round_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, {"kind": event.kind, "service": service, "event": json.dumps(body)})
+            pipe.expire(key, self.ttl_s)
+            await pipe.execute()
+
+    async def events(self, round_id: str) -> list[dict[str, Any]]:
+        """The round's audit log, oldest first."""
+        out = []
+        for entry_id, fields in await self.redis.xrange(keys.round_events(round_id)):
+            f = text_hash(fields)
+            out.append(
+                {
+                    "id": s(entry_id),
+                    "kind": f["kind"],
+                    "service": f["service"],
+                    **json.loads(f["event"]),
+                }
+            )
+        return out
+
+    async def last_event_kind(self, round_id: str) -> str | None:
+        """Kind of the newest event in the round's log."""
+        last = await self.redis.xrevrange(keys.round_events(round_id), count=1)
+        return last[0][1][b"kind"].decode() if last else None
+
+    async def rounds(self) -> list[str]:
+        """Every known round id, oldest first."""
+        return [r.decode() for r in await self.redis.zrange(keys.rounds(), 0, -1)]
+
+    # -- sets and hashes scoped to a round ----------------------------------------------------
+
+    async def sadd(self, key: str, *members: str) -> int:
+        """Add to a round-scoped set (with the round TTL)."""
+        if not members:
+            return 0
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(key, *members)
+            pipe.expire(key, self.ttl_s)
+            added, _ = await pipe.execute()
+        return int(added)
+
+    async def smembers(self, key: str) -> list[str]:
+        """Members of a set, sorted."""
+        return sorted(m.decode() for m in await self.redis.smembers(key))
+
+    async def hset(self, key: str, mapping: Mapping[str, str | int]) -> None:
+        """Write a round-scoped hash (with the round TTL)."""
+        if not mapping:
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=dict(mapping))
+            pipe.expire(key, self.ttl_s)
+            await pipe.execute()
+
+    async def hsetnx(self, key: str, field: str, value: str) -> bool:
+        """Set a hash field only if absent; True when this call set it."""
+        ok = bool(await self.redis.hsetnx(key, field, value))
+        if ok:
+            await self.redis.expire(key, self.ttl_s)
+        return ok
+
+    async def hcas(self, key: str, field: str, expect: str, value: str) -> bool:
+        """Compare-and-set one hash field atomically; True when it was `expect`."""
+        return bool(await self.script(_HCAS)(keys=[key], args=[field, expect, value]))
+
+    async def hgetall(self, key: str) -> dict[str, str]:
+        """A hash as strings."""
+        return text_hash(await self.redis.hgetall(key))

@@ -3,6 +3,8 @@
 The agent never publishes its data in any form: only weight deltas, example counts, training
 loss/accuracy and health metrics leave it. Training runs in a worker thread so the agent keeps
 answering stop/revoke commands while it trains.
+
+What the device decides (train, pause or fail) is in `decisions.py`.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from federated.params import ParamSpec
+from schemas.device import DeviceUpdate
 
 
 @dataclass(frozen=True)
@@ -32,40 +33,40 @@ class Refusal:
 
 
 def check_update(
+    update: DeviceUpdate,
     *,
-    round_id: str,
     round_status: str,
-    device_id: str,
     selected: bool,
-    iteration: int,
     current_iteration: int | None,
     closing: bool,
-    base_digest: str,
     held_digest: str | None,
-    num_examples: int,
     registered_examples: int | None,
 ) -> Refusal | None:
     """The checks an update passes before its payload is decoded; None when it passes them.
 
     Args:
         round_status: the round's status ("unknown" when there is no such round).
+        selected: whether the device is in the round's cohort.
         current_iteration: the round's iteration, None when it has none.
+        closing: whether the coordinator has fenced the update's iteration.
         held_digest: the digest of the model the device was sent, None if it was sent none.
         registered_examples: the example count the device registered, None if unregistered.
     """
+    round_id, iteration = update.round_id, update.iteration
     if round_status != "running":
         return Refusal(f"round {round_id} is {round_status}", stale=True)
     if not selected:
-        return Refusal(f"device {device_id} was not selected for round {round_id}")
+        return Refusal(f"device {update.device_id} was not selected for round {round_id}")
     if current_iteration is None or iteration != current_iteration or closing:
         return Refusal(
             f"iteration {iteration} is not open (current {current_iteration})", stale=True
         )
-    if held_digest != base_digest:
+    if held_digest != update.base_digest:
         return Refusal("update is not against the model this device was sent")
-    if registered_examples is not None and num_examples > registered_examples:
+    if registered_examples is not None and update.num_examples > registered_examples:
         return Refusal(
-            f"num_examples {num_examples} exceeds the {registered_examples} the device registered"
+            f"num_examples {update.num_examples} exceeds the {registered_examples} "
+            "the device registered"
         )
     return None
 

@@ -4,6 +4,8 @@ Each accepted update is folded into a running sum kept in Redis (memory O(model)
 of the cohort), atomically and once per device. When the coordinator closes an iteration, the
 mean delta moves the global model; after `training_rounds` iterations it is the candidate.
 Compensation discards the aggregate.
+
+What it decides is in `decisions.py`, free of I/O; these handlers read, call it and write.
 """
 
 from __future__ import annotations
@@ -40,16 +42,12 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
     current = state.get("iteration")
     _refuse(
         check_update(
-            round_id=round_id,
+            update,
             round_status=state.get("status", "unknown"),
-            device_id=update.device_id,
             selected=await ctx.store.redis.sismember(keys.cohort(round_id), update.device_id),
-            iteration=it,
             current_iteration=None if current is None else int(current),
             closing=f"closing_{it}" in state,
-            base_digest=update.base_digest,
             held_digest=None if held is None else held.decode(),
-            num_examples=update.num_examples,
             registered_examples=None if registered is None else registered.num_examples,
         )
     )
@@ -74,29 +72,20 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
         )
     except NumericsError as exc:
         raise Rejected(f"update rejected: {exc}") from exc
+    received = UpdateReceived(
+        round_id=round_id,
+        iteration=it,
+        device_id=update.device_id,
+        num_examples=update.num_examples,
+    )
     if not added:
         # Already in the sum; announce it again in case the first announcement was lost
         # (the coordinator's compare-and-set makes a repeat harmless).
-        await ctx.publish(
-            topics.round_event(round_id, UpdateReceived.topic_name),
-            UpdateReceived(
-                round_id=round_id,
-                iteration=it,
-                device_id=update.device_id,
-                num_examples=update.num_examples,
-            ),
-        )
+        await ctx.publish(topics.round_event(round_id, UpdateReceived.topic_name), received)
         return
     await ctx.store.incr(round_id, "bytes_up", len(update.blob))
     await ctx.store.incr(round_id, "payloads_up", 1)
-    await ctx.emit(
-        UpdateReceived(
-            round_id=round_id,
-            iteration=it,
-            device_id=update.device_id,
-            num_examples=update.num_examples,
-        )
-    )
+    await ctx.emit(received)
 
 
 def _refuse(refusal: Refusal | None) -> None:

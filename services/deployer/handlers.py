@@ -5,6 +5,8 @@ to the stage's new devices, which keep their previous version and report health 
 data. A stage passes when at most `MAX_UNHEALTHY` of its devices report a regression beyond
 the tolerance, failed, or stayed silent past the stage timeout; the last stage makes the version
 active. A redelivered event starts no stage twice. Compensation rolls the devices back.
+
+What it decides is in `decisions.py`, free of I/O; these handlers read, call it and write.
 """
 
 from __future__ import annotations

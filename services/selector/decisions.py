@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from schemas.device import DeviceStatus
+from schemas.ops import RoundRequested
 
 MIN_BATTERY = 0.2
 MIN_MEMORY_MB = 64
@@ -43,11 +44,11 @@ def rank(statuses: list[DeviceStatus], seed: int) -> list[DeviceStatus]:
 
 
 def round_budget_ms(
-    training_rounds: int, iteration_timeout_ms: int, canary_stages: int, canary_timeout_ms: int
+    request: RoundRequested, canary_stages: tuple[int, ...], canary_timeout_ms: int
 ) -> int:
     """How long a round may take before it is failed: every iteration and canary stage."""
-    stages = canary_stages * canary_timeout_ms
-    return training_rounds * iteration_timeout_ms + stages + ROUND_MARGIN_MS
+    stages = len(canary_stages) * canary_timeout_ms
+    return request.training_rounds * request.iteration_timeout_ms + stages + ROUND_MARGIN_MS
 
 
 def lease_ms(budget_ms: int) -> int:

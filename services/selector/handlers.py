@@ -1,6 +1,8 @@
 """Step 1, the selector: keeps the device registry, picks an eligible cohort and leases it.
 
 Compensation releases the leases; after it, the round is over and the selector says so.
+
+What it decides is in `decisions.py`, free of I/O; these handlers read, call it and write.
 """
 
 from __future__ import annotations
@@ -59,12 +61,8 @@ async def on_round_requested(request: RoundRequested, ctx: Context) -> None:
         )
         return
 
-    budget_ms = round_budget_ms(
-        request.training_rounds,
-        request.iteration_timeout_ms,
-        len(ctx.settings.canary_stages),
-        ctx.settings.canary_timeout_ms,
-    )
+    s = ctx.settings
+    budget_ms = round_budget_ms(request, s.canary_stages, s.canary_timeout_ms)
     registry = await ctx.store.devices()
     candidates = rank([s for s in registry if eligible(s)], request.seed)
     # A replay keeps the cohort it leased before; leasing is idempotent per round.

@@ -4,6 +4,8 @@ A device's state per iteration moves once from `training` to `done` (its update 
 or `failed:<reason>` (reported by the device, or inferred: deadline passed, went offline).
 When no device is still training, or at the deadline, the iteration closes: quorum is at least
 `min_participating_nodes` and at least half the cohort. Compensation stops training.
+
+What it decides is in `decisions.py`, free of I/O; these handlers read, call it and write.
 """
 
 from __future__ import annotations

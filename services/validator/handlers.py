@@ -3,6 +3,8 @@
 A candidate that meets `target_accuracy` and does not regress more than `max_regression` below
 its parent gets the next semantic version (after its parent) in the model registry. Otherwise
 the round fails here. Compensation records the failure with its metrics.
+
+What it decides is in `decisions.py`, free of I/O; these handlers read, call it and write.
 """
 
 from __future__ import annotations

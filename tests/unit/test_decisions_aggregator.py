@@ -8,37 +8,42 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas.device import DeviceUpdate
 from services.aggregator.decisions import Refusal, check_payload, check_update
 
 PROPERTY = settings(database=None, deadline=None)
 
+BASE, OTHER = "a" * 64, "b" * 64
 SPEC = (("w", (64, 10)), ("b", (10,)))
 
 
-def _update(**changes: Any) -> dict[str, Any]:
-    """The values the handler reads for an update that passes every check."""
-    values: dict[str, Any] = {
-        "round_id": "r1",
+def _check(iteration: int = 2, num_examples: int = 100, **read: Any) -> Refusal | None:
+    """Check an update from d1 for round r1 against BASE, with the values the handler
+    read (by default, those of an update that passes every check)."""
+    update = DeviceUpdate(
+        round_id="r1",
+        iteration=iteration,
+        device_id="d1",
+        base_digest=BASE,
+        num_examples=num_examples,
+        train_loss=0.1,
+        train_accuracy=0.9,
+        blob=b"",
+    )
+    defaults: dict[str, Any] = {
         "round_status": "running",
-        "device_id": "d1",
         "selected": True,
-        "iteration": 2,
         "current_iteration": 2,
         "closing": False,
-        "base_digest": "abc",
-        "held_digest": "abc",
-        "num_examples": 100,
+        "held_digest": BASE,
         "registered_examples": 100,
     }
-    return {**values, **changes}
+    return check_update(update, **{**defaults, **read})
 
 
 def test_an_update_that_fits_passes() -> None:
-    # Prepare
-    values = _update()
-
-    # Execute
-    refusal = check_update(**values)
+    # Prepare / Execute
+    refusal = _check()
 
     # Assert
     assert refusal is None
@@ -57,7 +62,7 @@ def test_an_update_that_fits_passes() -> None:
             Refusal("iteration 2 is not open (current None)", stale=True),
         ),
         (
-            {"held_digest": "other"},
+            {"held_digest": OTHER},
             Refusal("update is not against the model this device was sent"),
         ),
         (
@@ -72,22 +77,18 @@ def test_an_update_that_fits_passes() -> None:
     ids=repr,
 )
 def test_each_check_refuses_with_its_reason(changes: dict[str, Any], expected: Refusal) -> None:
-    # Prepare
-    values = _update(**changes)
+    # Prepare: nothing beyond the parameters
 
     # Execute
-    refusal = check_update(**values)
+    refusal = _check(**changes)
 
     # Assert
     assert refusal == expected
 
 
 def test_an_unregistered_device_has_no_example_bound() -> None:
-    # Prepare
-    values = _update(registered_examples=None, num_examples=10**9)
-
-    # Execute
-    refusal = check_update(**values)
+    # Prepare / Execute
+    refusal = _check(registered_examples=None, num_examples=10**9)
 
     # Assert
     assert refusal is None
@@ -95,10 +96,9 @@ def test_an_unregistered_device_has_no_example_bound() -> None:
 
 def test_the_first_failing_check_gives_the_reason() -> None:
     # Prepare: a stale round from a device nobody selected, against the wrong base
-    values = _update(round_status="compensating", selected=False, held_digest="x")
 
     # Execute
-    refusal = check_update(**values)
+    refusal = _check(round_status="compensating", selected=False, held_digest=OTHER)
 
     # Assert: the round moved on; the rest is not worth reporting
     assert refusal == Refusal("round r1 is compensating", stale=True)
@@ -111,7 +111,7 @@ def test_the_first_failing_check_gives_the_reason() -> None:
     iteration=st.integers(0, 5),
     current=st.none() | st.integers(0, 5),
     closing=st.booleans(),
-    held=st.none() | st.sampled_from(["abc", "def"]),
+    held=st.none() | st.sampled_from([BASE, OTHER]),
     examples=st.integers(1, 1000),
     registered=st.none() | st.integers(0, 1000),
 )
@@ -126,27 +126,26 @@ def test_an_update_passes_exactly_when_every_check_does(
     registered: int | None,
 ) -> None:
     # Prepare
-    values = _update(
-        round_status=status,
-        selected=selected,
-        iteration=iteration,
-        current_iteration=current,
-        closing=closing,
-        held_digest=held,
-        num_examples=examples,
-        registered_examples=registered,
-    )
     every_check = (
         status == "running"
         and selected
         and iteration == current
         and not closing
-        and held == "abc"
+        and held == BASE
         and (registered is None or examples <= registered)
     )
 
     # Execute
-    refusal = check_update(**values)
+    refusal = _check(
+        iteration,
+        examples,
+        round_status=status,
+        selected=selected,
+        current_iteration=current,
+        closing=closing,
+        held_digest=held,
+        registered_examples=registered,
+    )
 
     # Assert: stale only when the round or the iteration moved on (the checks run in order)
     assert (refusal is None) == every_check
@@ -161,12 +160,12 @@ def test_an_update_passes_exactly_when_every_check_does(
 @pytest.mark.parametrize(
     ("payload_base", "payload_spec", "expected"),
     [
-        ("abc", SPEC, None),
-        ("xyz", SPEC, Refusal("payload base digest differs from the update's")),
+        (BASE, SPEC, None),
+        (OTHER, SPEC, Refusal("payload base digest differs from the update's")),
         (None, SPEC, Refusal("payload base digest differs from the update's")),
-        ("abc", (("w", (64, 10)),), Refusal("update shapes do not match the model")),
-        ("abc", (("b", (10,)), ("w", (64, 10))), Refusal("update shapes do not match the model")),
-        ("xyz", (), Refusal("payload base digest differs from the update's")),
+        (BASE, (("w", (64, 10)),), Refusal("update shapes do not match the model")),
+        (BASE, (("b", (10,)), ("w", (64, 10))), Refusal("update shapes do not match the model")),
+        (OTHER, (), Refusal("payload base digest differs from the update's")),
     ],
 )
 def test_payload_checks(
@@ -174,11 +173,11 @@ def test_payload_checks(
     payload_spec: tuple[tuple[str, tuple[int, ...]], ...],
     expected: Refusal | None,
 ) -> None:
-    # Prepare: the update says base "abc"; the model has SPEC
+    # Prepare: the update says BASE; the model has SPEC
 
     # Execute
     refusal = check_payload(
-        base_digest="abc",
+        base_digest=BASE,
         payload_base_digest=payload_base,
         payload_spec=payload_spec,
         model_spec=SPEC,

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.device import DeviceStatus
+from schemas.ops import RoundRequested
 from services.selector.decisions import (
     LEASE_MARGIN_MS,
     MIN_BATTERY,
@@ -208,9 +209,10 @@ def test_charging_devices_never_rank_below_unplugged_ones(fleet: list[DeviceStat
 
 def test_round_budget_covers_every_iteration_and_stage_and_a_margin() -> None:
     # Prepare: 25 iterations of 30 s, three canary stages of 20 s
+    request = RoundRequested(round_id="r1", training_rounds=25, iteration_timeout_ms=30_000)
 
     # Execute
-    budget = round_budget_ms(25, 30_000, 3, 20_000)
+    budget = round_budget_ms(request, (10, 50, 100), 20_000)
 
     # Assert
     assert budget == 25 * 30_000 + 3 * 20_000 + ROUND_MARGIN_MS
@@ -218,23 +220,25 @@ def test_round_budget_covers_every_iteration_and_stage_and_a_margin() -> None:
 
 @PROPERTY
 @given(
-    rounds=st.integers(1, 1000),
-    timeout=st.integers(1, 10**7),
-    stages=st.integers(0, 10),
+    rounds=st.integers(1, 99),
+    timeout=st.integers(100, 3_600_000),
+    stages=st.lists(st.integers(1, 100), max_size=10).map(tuple),
     stage_timeout=st.integers(0, 10**7),
 )
 def test_round_budget_grows_with_every_input_and_leases_outlive_it(
-    rounds: int, timeout: int, stages: int, stage_timeout: int
+    rounds: int, timeout: int, stages: tuple[int, ...], stage_timeout: int
 ) -> None:
-    # Prepare: nothing beyond the parameters
+    # Prepare
+    def request(n: int) -> RoundRequested:
+        return RoundRequested(round_id="r1", training_rounds=n, iteration_timeout_ms=timeout)
 
     # Execute
-    budget = round_budget_ms(rounds, timeout, stages, stage_timeout)
+    budget = round_budget_ms(request(rounds), stages, stage_timeout)
 
     # Assert
     assert budget >= rounds * timeout + ROUND_MARGIN_MS
-    assert round_budget_ms(rounds + 1, timeout, stages, stage_timeout) > budget
-    assert round_budget_ms(rounds, timeout, stages + 1, stage_timeout) >= budget
+    assert round_budget_ms(request(rounds + 1), stages, stage_timeout) > budget
+    assert round_budget_ms(request(rounds), (*stages, 100), stage_timeout) >= budget
     assert lease_ms(budget) == budget + LEASE_MARGIN_MS > budget
 
 

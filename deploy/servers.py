@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy.process import ChildProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO_CONF = ROOT / "mosquitto" / "dev.conf"
 REDIS_CONF = ROOT / "deploy" / "redis.conf"
@@ -47,8 +49,8 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 
 
 @dataclass
-class Server:
-    """A server process we started; `stop()` ends it."""
+class Server(ChildProcess):
+    """A server process we started; `stop()` ends it (see `ChildProcess`)."""
 
     name: str
     port: int
@@ -74,20 +76,6 @@ class Server:
                 f"{self.name} did not start: {self.log.read_text()[-2000:]}"
             ) from exc
         return self
-
-    def stop(self, *, kill: bool = False) -> None:
-        """Terminate (or kill -9) the process and wait for it."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
     def restart(self) -> Server:
         """Stop and start again on the same port with the same data."""

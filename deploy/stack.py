@@ -9,12 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+from deploy.process import ChildProcess
 from deploy.servers import PrivateServers
 from services.runtime.main import SERVICES
 from services.runtime.settings import Settings
 
 
-class ServiceProcess:
+class ServiceProcess(ChildProcess):
     """One service running as `python -m services.NAME`, logging to a file."""
 
     def __init__(self, name: str, settings: Settings, workdir: Path) -> None:
@@ -51,20 +52,6 @@ class ServiceProcess:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.name} not serving after {timeout}s")
             time.sleep(0.05)
-
-    def stop(self, *, kill: bool = False) -> None:
-        """SIGTERM (or SIGKILL) and wait."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
     def restart(self, *, kill: bool = True) -> None:
         """Kill and start again; returns once it serves again."""

@@ -55,6 +55,9 @@ from schemas.errors import DecodeError
 
 log = structlog.get_logger()
 
+# How often an idle device re-announces its status (retained) to the registry.
+STATUS_INTERVAL_S = 60.0
+
 
 class DeviceAgent:
     """One simulated (or real) device speaking the fedsaga device protocol."""
@@ -206,8 +209,12 @@ class DeviceAgent:
                         )
                         await self.publish_status()
                         self.connected.set()
-                        async for message in client.messages:
-                            await self.handle(message.topic.value, message.payload)  # type: ignore[arg-type]
+                        heartbeat = self._spawn(self._heartbeat())
+                        try:
+                            async for message in client.messages:
+                                await self.handle(message.topic.value, message.payload)  # type: ignore[arg-type]
+                        finally:
+                            heartbeat.cancel()
                 except aiomqtt.MqttError:
                     self.client = None
                     self.connected.clear()
@@ -215,6 +222,14 @@ class DeviceAgent:
         finally:
             for task in [*self._training.values(), *self._tasks]:
                 task.cancel()
+
+    async def _heartbeat(self) -> None:
+        # The registry forgets devices it has not heard from (services' device_fresh_ms), so
+        # an idle device says it is still there.
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self.publish_status()
 
     async def go_offline(self) -> None:
         """Leave cleanly, saying so (a crash would leave it to the last will)."""

@@ -84,3 +84,13 @@ def check_payload(
     if payload_spec != model_spec:
         return Refusal("update shapes do not match the model")
     return None
+
+
+def fedavg_weight(num_examples: int, cap: str | int | None) -> int:
+    """An update's FedAvg weight: its examples, at most the round's example cap (if set).
+
+    The cap (set at selection from the cohort's registered counts) keeps one device's claim
+    from dominating the average; the check above already bounds the claim by what the
+    device registered.
+    """
+    return num_examples if cap is None else min(num_examples, int(cap))

@@ -10,10 +10,6 @@ What it decides is in `decisions.py`, free of I/O; these handlers read, call it 
 
 from __future__ import annotations
 
-import numpy as np
-from redis.exceptions import WatchError
-
-from federated.aggregate import FedAvgAccumulator
 from federated.errors import NumericsError, PayloadError
 from federated.params import add, check_finite, flatten, spec_of, unflatten
 from federated.payload import PayloadLimits, read_payload
@@ -26,8 +22,8 @@ from schemas.events import (
     UpdateReceived,
 )
 from schemas.steps import Step
-from services.aggregator.decisions import Refusal, check_payload, check_update
-from services.runtime import Context, Rejected, Route, SagaConflict, Service, StaleRound, keys
+from services.aggregator.decisions import Refusal, check_payload, check_update, fedavg_weight
+from services.runtime import Context, Rejected, Route, Service, StaleRound, keys
 
 _RETRIES = 50
 
@@ -37,17 +33,17 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
     ctx.check_device(update.device_id)
     round_id, it = update.round_id, update.iteration
     state = await ctx.store.get_round(round_id)
-    held = await ctx.store.redis.hget(keys.held(round_id), update.device_id)
+    held = await ctx.store.hget(keys.held(round_id), update.device_id)
     registered = await ctx.store.device(update.device_id)
     current = state.get("iteration")
     _refuse(
         check_update(
             update,
             round_status=state.get("status", "unknown"),
-            selected=await ctx.store.redis.sismember(keys.cohort(round_id), update.device_id),
+            selected=await ctx.store.sismember(keys.cohort(round_id), update.device_id),
             current_iteration=None if current is None else int(current),
             closing=f"closing_{it}" in state,
-            held_digest=None if held is None else held.decode(),
+            held_digest=held,
             registered_examples=None if registered is None else registered.num_examples,
         )
     )
@@ -66,9 +62,10 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
             model_spec=spec_of(global_params),
         )
     )
+    weight = fedavg_weight(update.num_examples, state.get("example_cap"))
     try:
-        added = await _accumulate(
-            round_id, it, update.device_id, flatten(payload.delta), update.num_examples, ctx
+        added = await ctx.store.fold_update(
+            round_id, it, update.device_id, flatten(payload.delta), weight
         )
     except NumericsError as exc:
         raise Rejected(f"update rejected: {exc}") from exc
@@ -94,41 +91,6 @@ def _refuse(refusal: Refusal | None) -> None:
         raise (StaleRound if refusal.stale else Rejected)(refusal.reason)
 
 
-async def _accumulate(
-    round_id: str, it: int, device_id: str, delta: np.ndarray, n: int, ctx: Context
-) -> bool:
-    """Add one update to the running sum unless it is already there; atomic across instances.
-
-    The transaction also watches the round and the iteration's device states, so it cannot
-    commit once the coordinator fenced the iteration (`closing_{it}`) or gave up on the device.
-    """
-    acc_key, contrib_key = keys.accumulator(round_id, it), keys.contributors(round_id, it)
-    round_key, it_key = keys.round_hash(round_id), keys.iteration(round_id, it)
-    redis = ctx.store.redis
-    for _ in range(_RETRIES):
-        async with redis.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(acc_key, contrib_key, round_key, it_key)
-                if await pipe.sismember(contrib_key, device_id):
-                    return False
-                if await pipe.hexists(round_key, f"closing_{it}"):
-                    raise StaleRound(f"iteration {it} closed while the update was checked")
-                if await pipe.hget(it_key, device_id) != b"training":
-                    raise StaleRound(f"device {device_id} is not training in iteration {it}")
-                raw = await pipe.get(acc_key)
-                acc = FedAvgAccumulator.from_bytes(raw) if raw else FedAvgAccumulator()
-                acc.add(delta, n)
-                pipe.multi()
-                pipe.set(acc_key, acc.to_bytes(), ex=ctx.settings.key_ttl_s)
-                pipe.sadd(contrib_key, device_id)
-                pipe.expire(contrib_key, ctx.settings.key_ttl_s)
-                await pipe.execute()
-                return True
-            except WatchError:
-                continue
-    raise SagaConflict("accumulator kept conflicting")
-
-
 async def on_training_completed(event: TrainingCompleted, ctx: Context) -> None:
     """Apply the iteration's FedAvg to the global model; emit the next step's event."""
     round_id, it = event.round_id, event.iteration
@@ -140,13 +102,12 @@ async def on_training_completed(event: TrainingCompleted, ctx: Context) -> None:
     state = await ctx.store.get_round(round_id)
     if state.get("status") != "running":
         return
-    raw = await ctx.store.redis.get(keys.accumulator(round_id, it))
-    contributors = set(await ctx.store.smembers(keys.contributors(round_id, it)))
+    acc = await ctx.store.aggregate(round_id, it)
+    contributors = await ctx.store.contributors(round_id, it)
     current = await ctx.store.get_params(state[f"base_{it}"])
-    if raw is None or current is None or not set(event.participants) <= contributors:
+    if acc is None or current is None or not set(event.participants) <= contributors:
         await ctx.fail(round_id, Step.AGGREGATE, f"iteration {it}: aggregate or base missing")
         return
-    acc = FedAvgAccumulator.from_bytes(raw)
     # From the pinned base, so a replay computes the same model instead of stepping twice.
     new_global = add(current, unflatten(acc.mean(), spec_of(current)))
     try:
@@ -178,15 +139,10 @@ async def on_training_completed(event: TrainingCompleted, ctx: Context) -> None:
 async def discard(round_id: str, ctx: Context) -> str:
     """Compensation: drop the running sums and the candidate model."""
     state = await ctx.store.get_round(round_id)
-    last = int(state.get("iteration", 0))
-    dropped = 0
-    for it in range(last + 1):
-        dropped += await ctx.store.redis.delete(
-            keys.accumulator(round_id, it), keys.contributors(round_id, it)
-        )
+    dropped = await ctx.store.discard_aggregates(round_id, int(state.get("iteration", 0)) + 1)
     candidate = state.get("candidate_digest")
     if candidate and candidate != state.get("start_digest"):
-        await ctx.store.redis.delete(keys.blob(candidate))
+        await ctx.store.drop_params(candidate)
     await ctx.store.set_fields(round_id, candidate_digest="")
     return f"discarded aggregate ({dropped} keys, candidate {candidate or 'none'})"
 

@@ -72,6 +72,12 @@ def pending_stage(state: str) -> int | None:
     return int(stage) if verdict == PENDING else None
 
 
+def judged_stage(state: str) -> int | None:
+    """The stage a device was judged in, or None while pending (or never sent)."""
+    verdict, _, stage = state.partition(":")
+    return int(stage) if stage and verdict != PENDING else None
+
+
 def stage_outcomes(deployment: Mapping[str, str], stage: int) -> list[str]:
     """The verdicts (or pending) of the devices a stage added."""
     return [s.split(":")[0] for s in deployment.values() if s.endswith(f":{stage}")]

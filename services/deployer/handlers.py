@@ -22,6 +22,7 @@ from services.deployer.decisions import (
     PENDING,
     deployment_state,
     device_verdict,
+    judged_stage,
     pending_stage,
     rollout_order,
     stage_devices,
@@ -31,21 +32,41 @@ from services.deployer.decisions import (
 from services.runtime import Context, Route, Service, keys
 from services.runtime.weights import device_bases, send_weights
 
+ROLLOUT_RETRY_MS = 1_000
+# A safety net only: the lock is released when the rollout ends either way.
+ROLLOUT_LOCK_MS = 3_600_000
+
 
 async def on_model_validated(event: ModelValidated, ctx: Context) -> None:
-    """Fix the fleet order for this rollout and start the first canary stage."""
-    state = await ctx.store.get_round(event.round_id)
+    """The candidate passed validation: roll it out once no other rollout of the model runs."""
+    await begin_rollout(event.round_id, ctx)
+
+
+async def begin_rollout(round_id: str, ctx: Context) -> None:
+    """Take the model's rollout lock, fix the fleet order and start the first stage.
+
+    Rollouts of one model run one at a time: a device judges a canary against the version
+    it runs, so two rollouts at once would judge each other's models. A round that finds
+    another rollout under way waits for it (a timer tries again).
+    """
+    state = await ctx.store.get_round(round_id)
     if state.get("status") != "running":
         return
+    holder = await ctx.store.acquire_rollout(state["model_name"], round_id, ROLLOUT_LOCK_MS)
+    if holder != round_id:
+        ctx.log.info("rollout waits for another", behind=holder)
+        await ctx.schedule(round_id, "rollout", now_ms() + ROLLOUT_RETRY_MS)
+        return
     if "deploy_fleet" not in state:
-        devices = await ctx.store.devices()
-        seed = (await ctx.store.request_of(event.round_id))["seed"]
+        since = now_ms() - ctx.settings.device_fresh_ms
+        devices = await ctx.store.devices(seen_since_ms=since)
+        seed = (await ctx.store.request_of(round_id))["seed"]
         fleet = rollout_order(devices, seed)
         if not fleet:
-            await ctx.fail(event.round_id, Step.DEPLOY, "no online device to deploy to")
+            await ctx.fail(round_id, Step.DEPLOY, "no online device to deploy to")
             return
-        await ctx.store.hsetnx(keys.round_hash(event.round_id), "deploy_fleet", json.dumps(fleet))
-    await start_stage(event.round_id, 1, ctx)
+        await ctx.store.hsetnx(keys.round_hash(round_id), "deploy_fleet", json.dumps(fleet))
+    await start_stage(round_id, 1, ctx)
 
 
 async def start_stage(round_id: str, stage: int, ctx: Context) -> None:
@@ -106,14 +127,20 @@ async def on_report(report: DeviceReport, ctx: Context) -> None:
     key = keys.deployment(report.round_id)
     current = (await ctx.store.hgetall(key)).get(report.device_id, "")
     stage = pending_stage(current)
-    if stage is None:
-        return
-    if await ctx.store.hcas(key, report.device_id, current, deployment_state(verdict, stage)):
-        await check_stage(report.round_id, stage, ctx)
+    if stage is not None:
+        await ctx.store.hcas(key, report.device_id, current, deployment_state(verdict, stage))
+    elif (stage := judged_stage(current)) is None:
+        return  # not a device of this rollout
+    # Judged before (this may be a replay after a crash): judging the stage again is
+    # idempotent, and skipping it could leave the stage undecided for good.
+    await check_stage(report.round_id, stage, ctx)
 
 
 async def on_timer(round_id: str, tag: str, ctx: Context) -> None:
-    """A stage timed out: judge it on what was reported."""
+    """A stage timed out (judge it on what was reported), or a rollout may start now."""
+    if tag == "rollout":
+        await begin_rollout(round_id, ctx)
+        return
     await check_stage(round_id, int(tag.split(":")[1]), ctx, timed_out=True)
 
 
@@ -137,9 +164,9 @@ async def check_stage(round_id: str, stage: int, ctx: Context, *, timed_out: boo
         )
         if not verdict.decided:
             return
-        await ctx.store.cancel(ctx.service, round_id, f"stage:{stage}")
         if verdict.reason is not None:
             await ctx.fail(round_id, Step.DEPLOY, verdict.reason)
+            await ctx.store.cancel(ctx.service, round_id, f"stage:{stage}")
             return
         await ctx.emit_once(
             f"stage_passed_{stage}",
@@ -152,6 +179,8 @@ async def check_stage(round_id: str, stage: int, ctx: Context, *, timed_out: boo
                 healthy=verdict.healthy,
             ),
         )
+    # Only once the judgement is recorded: until then the timer is what re-judges the stage.
+    await ctx.store.cancel(ctx.service, round_id, f"stage:{stage}")
     if stage < len(ctx.settings.canary_stages):
         await start_stage(round_id, stage + 1, ctx)
         return
@@ -164,6 +193,9 @@ async def finish(round_id: str, ctx: Context) -> None:
         # Done before: re-announce only. Re-activating here could roll the fleet back to
         # this version after a later round deployed a newer one.
         await ctx.republish(round_id, "completed", RoundCompleted)
+        await ctx.store.release_rollout(
+            (await ctx.store.get_round(round_id))["model_name"], round_id
+        )
         return
     state = await ctx.store.get_round(round_id)
     model, version = state["model_name"], state["candidate_version"]
@@ -189,6 +221,7 @@ async def finish(round_id: str, ctx: Context) -> None:
     await ctx.emit_once(
         "completed", RoundCompleted(round_id=round_id, outcome="succeeded", version=version)
     )
+    await ctx.store.release_rollout(model, round_id)
 
 
 async def rollback(round_id: str, ctx: Context) -> str:
@@ -203,6 +236,7 @@ async def rollback(round_id: str, ctx: Context) -> str:
         )
     if version:
         await ctx.store.update_version(state["model_name"], version, status="rolled_back")
+    await ctx.store.release_rollout(state["model_name"], round_id)
     return f"rolled back {version or 'nothing'} on {len(deployed)} devices"
 
 

@@ -72,6 +72,11 @@ def devices() -> str:
     return f"{PREFIX}:devices"
 
 
+def devices_seen() -> str:
+    """Sorted set: device id -> when its last status arrived (ms)."""
+    return f"{PREFIX}:devices:seen"
+
+
 def blob(digest: str) -> str:
     """String: model weights by content digest."""
     return f"{PREFIX}:blob:{digest}"
@@ -90,6 +95,11 @@ def version(model: str, ver: str) -> str:
 def active_version(model: str) -> str:
     """String: the version currently deployed to the fleet."""
     return f"{PREFIX}:model:{model}:active"
+
+
+def rollout(model: str) -> str:
+    """String with TTL: the round whose canary rollout of the model is under way."""
+    return f"{PREFIX}:model:{model}:rollout"
 
 
 def seen(service: str, msg_id: str) -> str:

@@ -29,6 +29,13 @@ class Settings(BaseModel):
     timer_poll_ms: int = 50
     # A device whose last will arrives mid-round fails only if still offline this much later.
     offline_grace_ms: int = 3000
+    # A device is a candidate for selection and deployment only if its status (devices
+    # re-announce it every `status_interval_s`, 60 s by default) arrived this recently; a
+    # registry entry not heard from in `key_ttl_s` is forgotten.
+    device_fresh_ms: int = 300_000
+    # FedAvg weighs an update by its examples, capped at this multiple of the cohort's
+    # median registered count, so one device's claim cannot dominate the average.
+    example_cap_factor: float = 4.0
     # Data the validator holds out (disjoint from every device's data by construction).
     data_seed: int = 0
     holdout_fraction: float = 0.2

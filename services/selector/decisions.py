@@ -9,9 +9,19 @@
 - A round's **time budget** is every iteration's timeout plus every canary stage's timeout plus
   `ROUND_MARGIN_MS`; a round still running after it fails at the step it is stuck in. Leases
   last `LEASE_MARGIN_MS` longer than the budget, so they outlive the round's own deadline.
+- At that deadline a round still **compensating** is nudged instead: its recorded failure and
+  compensations are announced again (a service that missed one acts on it; one that saw it
+  drops the repeat), every `COMPENSATION_NUDGE_MS` until the round has failed cleanly.
+- FedAvg weighs an update by the examples its device reports, at most the round's **example
+  cap**: `factor` times the cohort's median registered count. A device that claims 10^9
+  examples weighs as much as a few typical ones, not the whole cohort.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -22,6 +32,7 @@ MIN_BATTERY = 0.2
 MIN_MEMORY_MB = 64
 LEASE_MARGIN_MS = 120_000
 ROUND_MARGIN_MS = 60_000
+COMPENSATION_NUDGE_MS = 15_000
 
 
 def eligible(status: DeviceStatus) -> bool:
@@ -61,3 +72,19 @@ def cohort_shortfall(cohort: int, registered: int, min_nodes: int) -> str | None
     if cohort >= min_nodes:
         return None
     return f"only {cohort} eligible devices of {registered} registered; need {min_nodes}"
+
+
+def deadline_action(status: str | None) -> Literal["fail", "nudge"] | None:
+    """What the round deadline does to a round in `status`."""
+    if status == "running":
+        return "fail"
+    if status == "compensating":
+        return "nudge"
+    return None
+
+
+def example_cap(registered: Sequence[int], factor: float) -> int:
+    """The most examples one update may weigh in FedAvg: `factor` x the median (at least 1)."""
+    if not registered:
+        return 1
+    return max(1, math.ceil(factor * float(np.median(registered))))

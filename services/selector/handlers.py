@@ -10,13 +10,16 @@ from __future__ import annotations
 from schemas import topics
 from schemas.base import now_ms
 from schemas.device import DeviceStatus
-from schemas.events import NodesSelected, RoundCompleted, StepCompensated
+from schemas.events import NodesSelected, RoundCompleted, RoundFailed, StepCompensated
 from schemas.ops import RoundRequested
 from schemas.steps import Step
 from services.runtime import Context, Rejected, Route, Service, keys
 from services.selector.decisions import (
+    COMPENSATION_NUDGE_MS,
     cohort_shortfall,
+    deadline_action,
     eligible,
+    example_cap,
     lease_ms,
     rank,
     round_budget_ms,
@@ -63,7 +66,9 @@ async def on_round_requested(request: RoundRequested, ctx: Context) -> None:
 
     s = ctx.settings
     budget_ms = round_budget_ms(request, s.canary_stages, s.canary_timeout_ms)
-    registry = await ctx.store.devices()
+    now = now_ms()
+    await ctx.store.forget_devices(now - s.key_ttl_s * 1000)
+    registry = await ctx.store.devices(seen_since_ms=now - s.device_fresh_ms)
     candidates = rank([s for s in registry if eligible(s)], request.seed)
     # A replay keeps the cohort it leased before; leasing is idempotent per round.
     cohort = await ctx.store.smembers(keys.cohort(round_id))
@@ -81,7 +86,11 @@ async def on_round_requested(request: RoundRequested, ctx: Context) -> None:
         await ctx.fail(round_id, Step.SELECT, shortfall)
         return
     await ctx.schedule(round_id, "deadline", now_ms() + budget_ms)
-    await ctx.store.set_fields(round_id, cohort_size=len(cohort), step=Step.DISTRIBUTE)
+    examples = {d.device_id: d.num_examples for d in registry}
+    cap = example_cap([examples.get(d, 0) for d in cohort], s.example_cap_factor)
+    await ctx.store.set_fields(
+        round_id, cohort_size=len(cohort), example_cap=cap, step=Step.DISTRIBUTE
+    )
     await ctx.emit_once(
         "selected",
         NodesSelected(
@@ -91,10 +100,16 @@ async def on_round_requested(request: RoundRequested, ctx: Context) -> None:
 
 
 async def on_timer(round_id: str, tag: str, ctx: Context) -> None:
-    """A round still running past its budget fails at the step it is stuck in."""
+    """The round's deadline: fail a round still running; nudge one stuck compensating."""
     state = await ctx.store.get_round(round_id)
-    if state.get("status") == "running":
+    action = deadline_action(state.get("status"))
+    if action == "fail":
         await ctx.fail(round_id, int(state.get("step", Step.SELECT)), "round deadline passed")
+    elif action == "nudge":
+        await ctx.republish(round_id, "failed", RoundFailed)
+        for step in Step:
+            await ctx.republish(round_id, f"compensated_{step}", StepCompensated)
+        await ctx.schedule(round_id, "deadline", now_ms() + COMPENSATION_NUDGE_MS)
 
 
 async def release_all(round_id: str, ctx: Context) -> str:

@@ -113,7 +113,7 @@ async def _mark_failed(
     round_id: str, iteration: int, device_id: str, reason: str, ctx: Context
 ) -> None:
     it_key = keys.iteration(round_id, iteration)
-    if await ctx.store.redis.sismember(keys.contributors(round_id, iteration), device_id):
+    if await ctx.store.contributed(round_id, iteration, device_id):
         return  # its update is in the aggregate: it did its part, whatever happened after
     if await ctx.store.hcas(it_key, device_id, TRAINING, failed_state(reason)):
         ctx.log.info("device failed", device_id=device_id, reason=reason, iteration=iteration)
@@ -174,7 +174,7 @@ async def close_if_settled(
     if judged.failures:
         noted = {d: failure_note(r, iteration) for d, r in judged.failures.items()}
         await ctx.store.hset(keys.failures(round_id), noted)
-        await ctx.store.redis.srem(keys.active(round_id), *judged.failures)
+        await ctx.store.srem(keys.active(round_id), *judged.failures)
     if judged.reason is not None:
         await ctx.fail(round_id, Step.TRAIN, judged.reason)
         return

@@ -21,7 +21,6 @@ from federated.model import predict
 from federated.params import Params
 from schemas import topics
 from schemas.events import ModelAggregated, ModelValidated
-from schemas.semver import Version
 from schemas.steps import Step
 from services.runtime import Context, Rejected, Route, Service, keys
 from services.validator.decisions import first_candidate, validation_failure
@@ -41,16 +40,6 @@ def evaluate(params: Params, seed: int, fraction: float) -> dict[str, float]:
     """Accuracy and macro precision/recall/F1 on the holdout set."""
     x, y = holdout(seed, fraction)
     return classification_metrics(y, predict(params, x), num_classes=10).as_dict()
-
-
-async def next_version(model: str, parent: str | None, ctx: Context) -> Version:
-    """The parent's next minor version, skipping any a concurrent round already took."""
-    candidate = first_candidate(parent)
-    taken = {Version.parse(v) for v in await ctx.store.versions(model)}
-    # A record without its index entry (a registration cut short) is taken as well.
-    while candidate in taken or await ctx.store.get_version(model, str(candidate)):
-        candidate = candidate.next_minor()
-    return candidate
 
 
 async def on_model_aggregated(event: ModelAggregated, ctx: Context) -> None:
@@ -110,13 +99,18 @@ async def on_model_aggregated(event: ModelAggregated, ctx: Context) -> None:
 async def claim_version(
     model: str, parent: str | None, round_id: str, record: dict[str, str], ctx: Context
 ) -> str:
-    """The round's version: claimed once, even if rounds race for the same number."""
-    round_key = keys.round_hash(round_id)
-    while not (version := (await ctx.store.get_round(round_id)).get("candidate_version")):
-        candidate = str(await next_version(model, parent, ctx))
-        registered = await ctx.store.register_version(model, candidate, record)
-        if registered and not await ctx.store.hsetnx(round_key, "candidate_version", candidate):
-            await ctx.store.update_version(model, candidate, status="abandoned")
+    """The round's version: the first free number after its parent's, claimed once.
+
+    A replay walks the same numbers and stops at the one this round already owns, then
+    completes the record, so a validator killed mid-claim neither skips a number nor leaves
+    a half-written version behind.
+    """
+    candidate = first_candidate(parent)
+    while await ctx.store.claim_version(model, str(candidate), round_id) != round_id:
+        candidate = candidate.next_minor()  # a concurrent round took it
+    version = str(candidate)
+    await ctx.store.register_version(model, version, record)
+    await ctx.store.hsetnx(keys.round_hash(round_id), "candidate_version", version)
     return version
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.device import DeviceUpdate
-from services.aggregator.decisions import Refusal, check_payload, check_update
+from services.aggregator.decisions import Refusal, check_payload, check_update, fedavg_weight
 
 PROPERTY = settings(database=None, deadline=None)
 
@@ -186,3 +186,9 @@ def test_payload_checks(
     # Assert
     assert refusal == expected
     assert refusal is None or not refusal.stale
+
+
+def test_an_updates_weight_is_its_examples_up_to_the_rounds_cap() -> None:
+    assert fedavg_weight(50, None) == 50
+    assert fedavg_weight(50, "220") == 50
+    assert fedavg_weight(10**9, "220") == 220

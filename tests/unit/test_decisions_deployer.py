@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 from schemas.device import DeviceStatus
 from services.deployer.decisions import (
     MAX_UNHEALTHY,
+    PENDING,
     deployment_state,
     device_verdict,
+    judged_stage,
     pending_stage,
     rollout_order,
     stage_devices,
@@ -354,3 +356,10 @@ def test_one_more_healthy_device_never_fails_a_passing_stage(outcomes: list[str]
         assert after.passed
     assert after.healthy == before.healthy + 1
     assert after.devices == before.devices + 1
+
+
+def test_a_devices_judged_stage_is_known_once_it_has_a_verdict() -> None:
+    assert judged_stage(deployment_state("ok", 2)) == 2
+    assert judged_stage(deployment_state("failed", 3)) == 3
+    assert judged_stage(deployment_state(PENDING, 1)) is None
+    assert judged_stage("") is None

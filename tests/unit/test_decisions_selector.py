@@ -14,7 +14,9 @@ from services.selector.decisions import (
     MIN_MEMORY_MB,
     ROUND_MARGIN_MS,
     cohort_shortfall,
+    deadline_action,
     eligible,
+    example_cap,
     lease_ms,
     rank,
     round_budget_ms,
@@ -267,3 +269,23 @@ def test_a_cohort_falls_short_exactly_when_below_the_minimum(
 
     # Assert
     assert (reason is None) == (cohort >= need)
+
+
+def test_the_deadline_fails_a_running_round_and_nudges_a_compensating_one() -> None:
+    assert deadline_action("running") == "fail"
+    assert deadline_action("compensating") == "nudge"
+    assert [deadline_action(s) for s in ("failed", "succeeded", None)] == [None, None, None]
+
+
+def test_the_example_cap_is_a_multiple_of_the_cohorts_median() -> None:
+    assert example_cap([40, 50, 60, 10**9], factor=4.0) == 220
+    assert example_cap([], factor=4.0) == 1
+    assert example_cap([0, 0, 1], factor=4.0) == 1
+
+
+@given(st.lists(st.integers(0, 10**6), min_size=1, max_size=50), st.integers(0, 10**12))
+def test_one_liar_cannot_outweigh_the_rest_of_the_cohort(honest: list[int], claim: int) -> None:
+    cap = example_cap([*honest, claim], factor=4.0)
+    # With at least two honest devices, the liar's weight is bounded by the honest counts
+    if len(honest) >= 2:
+        assert min(claim, cap) <= 4 * max(honest) + 1

@@ -5,6 +5,7 @@
 | `rounds.py` | each round's hash, its audit log (a stream), outcome records, round-scoped sets |
 | `devices.py` | the device registry and the leases that keep a device in one round |
 | `models.py` | weights by content digest, the version registry, the active version |
+| `aggregates.py` | each iteration's running FedAvg sum and who is in it |
 | `journal.py` | each instance's in-flight messages, dead letters, handled-message marks |
 | `timers.py` | round deadlines per service, claimed by one instance when due |
 
@@ -14,6 +15,7 @@ Every key is named in `services/runtime/keys.py`.
 from __future__ import annotations
 
 from services.runtime.store._base import DEFAULT_TTL_S, connect
+from services.runtime.store.aggregates import AggregateStore
 from services.runtime.store.devices import DeviceStore
 from services.runtime.store.journal import InFlight, JournalStore
 from services.runtime.store.models import ModelStore, decode_params, encode_params
@@ -21,7 +23,7 @@ from services.runtime.store.rounds import RoundStore
 from services.runtime.store.timers import TimerStore
 
 
-class SagaStore(RoundStore, DeviceStore, ModelStore, JournalStore, TimerStore):
+class SagaStore(RoundStore, AggregateStore, DeviceStore, ModelStore, JournalStore, TimerStore):
     """All Redis access of the services goes through here."""
 
     @classmethod

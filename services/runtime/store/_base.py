@@ -14,6 +14,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 DEFAULT_TTL_S = 7 * 24 * 3600
 
+# Delete a key only if it still holds the caller's value (a lease or lock it owns).
+RELEASE_IF_OWNER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 # A Redis restart closes every pooled connection; without retries the next command on each
 # one fails ("Connection closed by server"). redis-py's `from_url` sets no retries, so ask
 # for them: about 6 s of reconnect attempts before a command gives up, which covers a

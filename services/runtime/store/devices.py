@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
+from schemas.base import now_ms
 from schemas.codec import encode, unpack
 from schemas.device import DeviceStatus
 from services.runtime import keys
-from services.runtime.store._base import StoreBase, s
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+from services.runtime.store._base import RELEASE_IF_OWNER, StoreBase, s
 
 
 class DeviceStore(StoreBase):
@@ -24,22 +20,44 @@ class DeviceStore(StoreBase):
 
     async def release(self, device_id: str, round_id: str) -> bool:
         """Release a device's lease if this round holds it."""
-        return bool(await self.script(_RELEASE)(keys=[keys.lease(device_id)], args=[round_id]))
+        return bool(
+            await self.script(RELEASE_IF_OWNER)(keys=[keys.lease(device_id)], args=[round_id])
+        )
 
     async def lease_owner(self, device_id: str) -> str | None:
         """The round a device is leased to, if any."""
         return s(await self.redis.get(keys.lease(device_id)))
 
     async def put_device(self, status: DeviceStatus) -> None:
-        """Record a device's latest status."""
-        await self.redis.hset(keys.devices(), status.device_id, encode(status))
+        """Record a device's latest status and when it arrived."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.devices(), status.device_id, encode(status))
+            pipe.zadd(keys.devices_seen(), {status.device_id: now_ms()})
+            await pipe.execute()
 
-    async def devices(self) -> list[DeviceStatus]:
-        """Every registered device's latest status."""
-        raw = await self.redis.hgetall(keys.devices())
-        return [DeviceStatus.model_validate(unpack(v)) for v in raw.values()]
+    async def devices(self, *, seen_since_ms: int | None = None) -> list[DeviceStatus]:
+        """Registered devices' latest statuses; only those heard from since, when given."""
+        if seen_since_ms is None:
+            raw = list((await self.redis.hgetall(keys.devices())).values())
+        else:
+            ids = await self.redis.zrangebyscore(keys.devices_seen(), seen_since_ms, "+inf")
+            raw = [r for r in await self.redis.hmget(keys.devices(), ids) if r] if ids else []
+        return [DeviceStatus.model_validate(unpack(v)) for v in raw]
 
     async def device(self, device_id: str) -> DeviceStatus | None:
         """One device's latest status."""
         raw = await self.redis.hget(keys.devices(), device_id)
         return DeviceStatus.model_validate(unpack(raw)) if raw else None
+
+    async def forget_devices(self, seen_before_ms: int) -> list[str]:
+        """Drop the registry entries of devices not heard from since; returns their ids."""
+        stale = [
+            d.decode()
+            for d in await self.redis.zrangebyscore(keys.devices_seen(), "-inf", seen_before_ms)
+        ]
+        if stale:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(keys.devices(), *stale)
+                pipe.zrem(keys.devices_seen(), *stale)
+                await pipe.execute()
+        return stale

@@ -8,7 +8,7 @@ from federated.params import Params, digest
 from schemas.base import now_ms
 from schemas.codec import pack, unpack
 from services.runtime import keys
-from services.runtime.store._base import StoreBase, s, text_hash
+from services.runtime.store._base import RELEASE_IF_OWNER, StoreBase, s, text_hash
 
 
 def encode_params(params: Params) -> bytes:
@@ -39,6 +39,10 @@ class ModelStore(StoreBase):
         """Whether weights with this digest are stored."""
         return bool(await self.redis.exists(keys.blob(d)))
 
+    async def drop_params(self, d: str) -> None:
+        """Delete a blob (a candidate that will never be a version)."""
+        await self.redis.delete(keys.blob(d))
+
     async def persist_params(self, d: str) -> None:
         """Keep a blob for good (it became a registered version)."""
         await self.redis.persist(keys.blob(d))
@@ -53,14 +57,28 @@ class ModelStore(StoreBase):
             raise ValueError(f"blob {d} is corrupt")
         return params
 
-    async def register_version(self, model: str, ver: str, fields: Mapping[str, str]) -> bool:
-        """Register a model version once; True when this call registered it."""
+    async def claim_version(self, model: str, ver: str, round_id: str) -> str:
+        """Claim version `ver` of `model` for a round unless taken; returns its owner round.
+
+        The claim is the version record's `round_id` field, set once: a round that claimed a
+        number and died before finishing its record finds the number its own on a replay,
+        so numbers are neither skipped nor shared.
+        """
         key = keys.version(model, ver)
-        if not await self.redis.hsetnx(key, "created_ms", now_ms()):
-            return False
-        await self.redis.hset(key, mapping=dict(fields))
-        await self.redis.zadd(keys.versions(model), {ver: now_ms()})
-        return True
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, "round_id", round_id)
+            pipe.hget(key, "round_id")
+            _, owner = await pipe.execute()
+        return owner.decode()
+
+    async def register_version(self, model: str, ver: str, fields: Mapping[str, str]) -> None:
+        """Write a claimed version's record and index it (idempotent: a replay completes it)."""
+        key = keys.version(model, ver)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, "created_ms", now_ms())
+            pipe.hset(key, mapping=dict(fields))
+            pipe.zadd(keys.versions(model), {ver: now_ms()}, nx=True)
+            await pipe.execute()
 
     async def update_version(self, model: str, ver: str, **fields: str) -> None:
         """Change a registered version's status or metrics."""
@@ -81,3 +99,16 @@ class ModelStore(StoreBase):
     async def set_active_version(self, model: str, ver: str) -> None:
         """Make a version the fleet's active one."""
         await self.redis.set(keys.active_version(model), ver)
+
+    async def acquire_rollout(self, model: str, round_id: str, ttl_ms: int) -> str:
+        """Take the model's rollout lock for a round unless another holds it; the holder."""
+        key = keys.rollout(model)
+        if await self.redis.set(key, round_id, nx=True, px=ttl_ms):
+            return round_id
+        return s(await self.redis.get(key)) or ""  # "" : it lapsed meanwhile; try again
+
+    async def release_rollout(self, model: str, round_id: str) -> bool:
+        """Give the model's rollout lock back, if this round holds it."""
+        return bool(
+            await self.script(RELEASE_IF_OWNER)(keys=[keys.rollout(model)], args=[round_id])
+        )

@@ -149,6 +149,18 @@ class RoundStore(StoreBase):
             added, _ = await pipe.execute()
         return int(added)
 
+    async def srem(self, key: str, *members: str) -> int:
+        """Remove from a round-scoped set."""
+        return int(await self.redis.srem(key, *members)) if members else 0
+
+    async def sismember(self, key: str, member: str) -> bool:
+        """Whether a round-scoped set holds `member`."""
+        return bool(await self.redis.sismember(key, member))
+
+    async def hget(self, key: str, field: str) -> str | None:
+        """One field of a round-scoped hash, as text."""
+        return s(await self.redis.hget(key, field))
+
     async def smembers(self, key: str) -> list[str]:
         """Members of a set, sorted."""
         return sorted(m.decode() for m in await self.redis.smembers(key))

@@ -95,7 +95,7 @@ async def on_training_completed(event: TrainingCompleted, ctx: Context) -> None:
     """Apply the iteration's FedAvg to the global model; emit the next step's event."""
     round_id, it = event.round_id, event.iteration
     request = await ctx.store.request_of(round_id)
-    final = it + 1 >= request["training_rounds"]
+    final = it + 1 >= request.training_rounds
     announced = ModelAggregated if final else IterationCompleted
     if await ctx.republish(round_id, f"aggregated_{it}", announced) is not None:
         return

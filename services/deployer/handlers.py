@@ -60,7 +60,7 @@ async def begin_rollout(round_id: str, ctx: Context) -> None:
     if "deploy_fleet" not in state:
         since = now_ms() - ctx.settings.device_fresh_ms
         devices = await ctx.store.devices(seen_since_ms=since)
-        seed = (await ctx.store.request_of(round_id))["seed"]
+        seed = (await ctx.store.request_of(round_id)).seed
         fleet = rollout_order(devices, seed)
         if not fleet:
             await ctx.fail(round_id, Step.DEPLOY, "no online device to deploy to")
@@ -92,7 +92,7 @@ async def start_stage(round_id: str, stage: int, ctx: Context) -> None:
     )
     deadline = int((await ctx.store.get_round(round_id))[f"stage_deadline_{stage}"])
     await ctx.schedule(round_id, f"stage:{stage}", deadline)
-    chaos = (await ctx.store.request_of(round_id))["simulate_failure"]
+    chaos = (await ctx.store.request_of(round_id)).simulate_failure
     sent = await send_weights(
         ctx,
         round_id=round_id,

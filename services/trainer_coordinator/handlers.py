@@ -44,7 +44,7 @@ async def on_weights_distributed(event: WeightsDistributed, ctx: Context) -> Non
     # The deadline is fixed once: a replay re-arms the same one, never a later one.
     round_key = keys.round_hash(event.round_id)
     await ctx.store.hsetnx(
-        round_key, f"deadline_{event.iteration}", str(now_ms() + request["iteration_timeout_ms"])
+        round_key, f"deadline_{event.iteration}", str(now_ms() + request.iteration_timeout_ms)
     )
     deadline = int((await ctx.store.get_round(event.round_id))[f"deadline_{event.iteration}"])
     it_key = keys.iteration(event.round_id, event.iteration)
@@ -56,11 +56,11 @@ async def on_weights_distributed(event: WeightsDistributed, ctx: Context) -> Non
             round_id=event.round_id,
             iteration=event.iteration,
             model_digest=held[device_id],
-            epochs=request["local_epochs"],
-            batch_size=request["batch_size"],
-            learning_rate=request["learning_rate"],
+            epochs=request.local_epochs,
+            batch_size=request.batch_size,
+            learning_rate=request.learning_rate,
             deadline_ms=deadline,
-            chaos=request["simulate_failure"],
+            chaos=request.simulate_failure,
         )
         await ctx.publish(topics.device(topics.DEVICE_CMD, device_id), command)
     await ctx.store.mark_once(event.round_id, f"training_{event.iteration}")
@@ -169,7 +169,7 @@ async def close_if_settled(
         await ctx.store.hgetall(it_key),
         iteration=iteration,
         cohort=len(await ctx.store.smembers(keys.cohort(round_id))),
-        min_nodes=request["min_participating_nodes"],
+        min_nodes=request.min_participating_nodes,
     )
     if judged.failures:
         noted = {d: failure_note(r, iteration) for d, r in judged.failures.items()}

@@ -61,12 +61,12 @@ async def on_model_aggregated(event: ModelAggregated, ctx: Context) -> None:
     metrics = evaluate(params, s.data_seed, s.holdout_fraction)
     parent = state.get("parent_version") or None
     if parent:
-        record = await ctx.store.get_version(request["model_name"], parent)
+        record = await ctx.store.get_version(request.model_name, parent)
         metrics["parent_accuracy"] = json.loads(record.get("metrics", "{}")).get("accuracy", 0.0)
     await ctx.store.set_fields(round_id, metrics=json.dumps(metrics))
     failure = validation_failure(
         metrics["accuracy"],
-        request["target_accuracy"],
+        request.target_accuracy,
         parent=parent,
         parent_accuracy=metrics.get("parent_accuracy", 0.0),
         max_regression=s.max_regression,
@@ -81,7 +81,7 @@ async def on_model_aggregated(event: ModelAggregated, ctx: Context) -> None:
         "metrics": json.dumps(metrics),
         "status": "validated",
     }
-    version = await claim_version(request["model_name"], parent, round_id, record, ctx)
+    version = await claim_version(request.model_name, parent, round_id, record, ctx)
     await ctx.store.persist_params(event.digest)
     await ctx.store.set_fields(round_id, step=Step.DEPLOY)
     await ctx.emit_once(

@@ -14,8 +14,9 @@ from redis.exceptions import WatchError
 
 from schemas.base import now_ms
 from schemas.events import Event
+from schemas.ops import RoundRequested
 from services.runtime import keys
-from services.runtime.errors import SagaConflict
+from services.runtime.errors import SagaConflict, StaleRound
 from services.runtime.store._base import StoreBase, plain, s, text_hash
 
 E = TypeVar("E", bound=Event)
@@ -49,10 +50,12 @@ class RoundStore(StoreBase):
         """The round hash as strings (empty when the round is unknown)."""
         return text_hash(await self.redis.hgetall(keys.round_hash(round_id)))
 
-    async def request_of(self, round_id: str) -> dict[str, Any]:
-        """The round's original request as a dict."""
+    async def request_of(self, round_id: str) -> RoundRequested:
+        """The round's request, as the selector accepted it."""
         raw = await self.redis.hget(keys.round_hash(round_id), "request")
-        return json.loads(raw) if raw else {}
+        if raw is None:
+            raise StaleRound(f"round {round_id} is unknown")
+        return RoundRequested.model_validate_json(raw)
 
     async def transition(
         self, round_id: str, expect: Mapping[str, str | None], updates: Mapping[str, str | int]

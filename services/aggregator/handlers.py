@@ -23,7 +23,7 @@ from schemas.events import (
 )
 from schemas.steps import Step
 from services.aggregator.decisions import Refusal, check_payload, check_update, fedavg_weight
-from services.runtime import Context, Rejected, Route, Service, StaleRound, keys
+from services.runtime import Context, Rejected, Service, StaleRound, compensation, keys, on
 
 _RETRIES = 50
 
@@ -149,14 +149,9 @@ async def discard(round_id: str, ctx: Context) -> str:
 
 service = Service(
     name="aggregator",
-    step=Step.AGGREGATE,
-    compensate=discard,
     routes=[
-        Route(topics.ALL_UPDATES, DeviceUpdate, on_update),
-        Route(
-            topics.round_filter(TrainingCompleted.topic_name),
-            TrainingCompleted,
-            on_training_completed,
-        ),
+        on(on_update),
+        on(on_training_completed),
+        *compensation(Step.AGGREGATE, discard),
     ],
 )

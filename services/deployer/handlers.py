@@ -29,7 +29,7 @@ from services.deployer.decisions import (
     stage_outcomes,
     stage_verdict,
 )
-from services.runtime import Context, Route, Service, keys
+from services.runtime import Context, Service, compensation, keys, on
 from services.runtime.weights import device_bases, send_weights
 
 ROLLOUT_RETRY_MS = 1_000
@@ -242,11 +242,10 @@ async def rollback(round_id: str, ctx: Context) -> str:
 
 service = Service(
     name="deployer",
-    step=Step.DEPLOY,
-    compensate=rollback,
     timers=on_timer,
     routes=[
-        Route(topics.round_filter(ModelValidated.topic_name), ModelValidated, on_model_validated),
-        Route(topics.ALL_REPORTS, DeviceReport, on_report),
+        on(on_model_validated),
+        on(on_report),
+        *compensation(Step.DEPLOY, rollback),
     ],
 )

@@ -12,7 +12,7 @@ from schemas.device import RevokeCommand
 from schemas.events import IterationCompleted, NodesSelected, WeightsDistributed
 from schemas.ops import RoundRequested
 from schemas.steps import Step
-from services.runtime import Context, Rejected, Route, Service, StaleRound, keys
+from services.runtime import Context, Rejected, Service, StaleRound, compensation, keys, on
 from services.runtime.weights import device_bases, rng_for, send_weights
 
 
@@ -105,14 +105,9 @@ async def revoke(round_id: str, ctx: Context) -> str:
 
 service = Service(
     name="distributor",
-    step=Step.DISTRIBUTE,
-    compensate=revoke,
     routes=[
-        Route(topics.round_filter(NodesSelected.topic_name), NodesSelected, on_nodes_selected),
-        Route(
-            topics.round_filter(IterationCompleted.topic_name),
-            IterationCompleted,
-            on_iteration_completed,
-        ),
+        on(on_nodes_selected),
+        on(on_iteration_completed),
+        *compensation(Step.DISTRIBUTE, revoke),
     ],
 )

@@ -23,13 +23,11 @@ import structlog
 from schemas.base import now_ms
 from schemas.codec import decode_any
 from schemas.errors import DecodeError
-from schemas.steps import Step
 from services.runtime.connection import ack, service_client
 from services.runtime.context import Context
 from services.runtime.errors import Rejected
 from services.runtime.policy import CONNECTION_ERRORS, RetryPolicy, describe
 from services.runtime.routes import Route
-from services.runtime.saga import Undo, compensation
 from services.runtime.settings import Settings
 from services.runtime.store import InFlight, SagaStore
 
@@ -53,13 +51,6 @@ class Service:
     # Runs after each (re)connect, once the journal is replayed: catch up on Redis state.
     on_connect: Callable[[Context], Awaitable[None]] | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    # A saga step's compensation; its routes join `routes` (see `saga.compensation`).
-    step: Step | None = None
-    compensate: Undo | None = None
-
-    def __post_init__(self) -> None:
-        if self.step is not None and self.compensate is not None:
-            self.routes = [*self.routes, *compensation(self.step, self.compensate)]
 
     def identity(self, settings: Settings) -> str:
         """This instance's MQTT client id (one broker session, one journal)."""

@@ -13,7 +13,7 @@ from schemas.device import DeviceStatus
 from schemas.events import NodesSelected, RoundCompleted, RoundFailed, StepCompensated
 from schemas.ops import RoundRequested
 from schemas.steps import Step
-from services.runtime import Context, Rejected, Route, Service, keys
+from services.runtime import Context, Rejected, Service, compensation, keys, on
 from services.selector.decisions import (
     COMPENSATION_NUDGE_MS,
     cohort_shortfall,
@@ -143,13 +143,12 @@ async def on_compensated(event: StepCompensated, ctx: Context) -> None:
 
 service = Service(
     name="selector",
-    step=Step.SELECT,
-    compensate=release_all,
     timers=on_timer,
     routes=[
-        Route(topics.ROUND_START, RoundRequested, on_round_requested),
-        Route(topics.ALL_STATUS, DeviceStatus, on_status),
-        Route(topics.round_filter(RoundCompleted.topic_name), RoundCompleted, on_round_completed),
-        Route(topics.compensated_filter(Step.SELECT), StepCompensated, on_compensated),
+        on(on_round_requested),
+        on(on_status),
+        on(on_round_completed),
+        on(on_compensated, topics.compensated_filter(Step.SELECT)),  # the chain's last link
+        *compensation(Step.SELECT, release_all),
     ],
 )

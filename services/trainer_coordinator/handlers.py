@@ -21,7 +21,7 @@ from schemas.device import (
 )
 from schemas.events import TrainingCompleted, UpdateReceived, WeightsDistributed
 from schemas.steps import Step
-from services.runtime import Context, Route, Service, keys
+from services.runtime import Context, Service, compensation, keys, on
 from services.trainer_coordinator.decisions import (
     DONE,
     TRAINING,
@@ -205,18 +205,13 @@ async def stop_training(round_id: str, ctx: Context) -> str:
 
 service = Service(
     name="trainer_coordinator",
-    step=Step.TRAIN,
-    compensate=stop_training,
     timers=on_timer,
     on_connect=on_connect,
     routes=[
-        Route(
-            topics.round_filter(WeightsDistributed.topic_name),
-            WeightsDistributed,
-            on_weights_distributed,
-        ),
-        Route(topics.round_filter(UpdateReceived.topic_name), UpdateReceived, on_update_received),
-        Route(topics.ALL_REPORTS, DeviceReport, on_report),
-        Route(topics.ALL_STATUS, DeviceStatus, on_status),
+        on(on_weights_distributed),
+        on(on_update_received),
+        on(on_report),
+        on(on_status),
+        *compensation(Step.TRAIN, stop_training),
     ],
 )

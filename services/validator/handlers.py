@@ -19,10 +19,9 @@ from federated.data import load_digits, train_holdout_split
 from federated.metrics import classification_metrics
 from federated.model import predict
 from federated.params import Params
-from schemas import topics
 from schemas.events import ModelAggregated, ModelValidated
 from schemas.steps import Step
-from services.runtime import Context, Rejected, Route, Service, keys
+from services.runtime import Context, Rejected, Service, compensation, keys, on
 from services.validator.decisions import first_candidate, validation_failure
 
 
@@ -144,12 +143,9 @@ async def warm_up(ctx: Context) -> None:
 
 service = Service(
     name="validator",
-    step=Step.VALIDATE,
-    compensate=record_failure,
     on_connect=warm_up,
     routes=[
-        Route(
-            topics.round_filter(ModelAggregated.topic_name), ModelAggregated, on_model_aggregated
-        ),
+        on(on_model_aggregated),
+        *compensation(Step.VALIDATE, record_failure),
     ],
 )

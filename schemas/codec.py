@@ -65,7 +65,8 @@ def _ext_hook(code: int, data: bytes) -> object:
 
 def pack(obj: object) -> bytes:
     """msgpack any plain object, numpy arrays included."""
-    return msgpack.packb(obj, default=_default, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, default=_default, use_bin_type=True)  # msgpack is untyped
+    return packed
 
 
 def encode(message: BaseModel) -> bytes:
@@ -107,7 +108,9 @@ def unpack(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
 def validate(obj: Any, model: type[T] | Any) -> T:
     """Validate an already-unpacked object against a model or union."""
     try:
-        return _adapter(model).validate_python(obj)  # type: ignore[no-any-return]
+        # `model` may be an annotated union, so the adapter is TypeAdapter[Any].
+        value: T = _adapter(model).validate_python(obj)
+        return value
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "message"
@@ -116,7 +119,9 @@ def validate(obj: Any, model: type[T] | Any) -> T:
 
 def decode(data: bytes, model: type[T] | Any, *, max_bytes: int = MAX_MESSAGE_BYTES) -> T:
     """Decode msgpack bytes into `model` (a model class or an annotated union)."""
-    return validate(unpack(data, max_bytes=max_bytes), model)
+    # T cannot be solved from `type[T] | Any` here, so name it for mypy.
+    value: T = validate(unpack(data, max_bytes=max_bytes), model)
+    return value
 
 
 def _check_bytes(data: object, max_bytes: int) -> None:
@@ -137,12 +142,16 @@ def decode_json(data: bytes, model: type[T] | Any, *, max_bytes: int = 1024 * 10
         # Hand-written JSON has no id; derive one from the bytes, so a redelivered or
         # replayed copy is recognised as the same message.
         obj["msg_id"] = hashlib.sha256(bytes(data)).hexdigest()[:32]
-    return validate(obj, model)
+    value: T = validate(obj, model)
+    return value
 
 
 def decode_any(data: bytes, model: type[T] | Any, *, max_bytes: int = MAX_MESSAGE_BYTES) -> T:
     """Decode msgpack, or JSON when the payload starts like a JSON object."""
     _check_bytes(data, max_bytes)
+    value: T
     if bytes(data[:1]) == b"{":
-        return decode_json(data, model)
-    return decode(data, model, max_bytes=max_bytes)
+        value = decode_json(data, model)
+    else:
+        value = decode(data, model, max_bytes=max_bytes)
+    return value

@@ -20,7 +20,7 @@ from services.runtime.settings import Settings
 
 def service_client(settings: Settings, identifier: str) -> aiomqtt.Client:
     """A client with a durable session (kept across restarts) and manual acknowledgements."""
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: unannotated
     props.SessionExpiryInterval = settings.session_expiry_s
     client = aiomqtt.Client(
         settings.mqtt_host,

@@ -38,7 +38,8 @@ class RetryPolicy:
         """Wait before the next try after `attempts` failed ones: doubling, capped."""
         if attempts < 1:
             return 0
-        return min(self.cap_ms, self.base_ms * 2 ** min(attempts - 1, 30))
+        doubling: int = 2 ** min(attempts - 1, 30)  # typeshed: int ** int may be a float
+        return min(self.cap_ms, self.base_ms * doubling)
 
     def after_failure(self, attempts: int) -> Literal["retry", "dead_letter"]:
         """What to do with a message whose `attempts`-th try just failed."""

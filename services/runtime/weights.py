@@ -17,7 +17,7 @@ from federated.params import Params, spec_of
 from federated.payload import make_payload
 from schemas import topics
 from schemas.device import ModelPayload
-from services.runtime.app import Context
+from services.runtime.context import Context
 
 
 def rng_for(*parts: object) -> np.random.Generator:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -11,6 +11,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT
 
 DEFAULT_TTL_S = 7 * 24 * 3600
 
@@ -41,20 +42,83 @@ def connect(url: str) -> aioredis.Redis:
     )
 
 
+# -- replies ---------------------------------------------------------------------------------
+# redis-py annotates replies as `bytes | str` (a sorted-set range even as pairs or lists) whatever
+# `decode_responses` says. Our client never decodes, so every string reply is bytes: these
+# helpers narrow a reply to that, checked, so the store's types say what Redis sends.
+
+K = TypeVar("K", bound=bytes | str)
+
+# How redis-py annotates an XRANGE / XREVRANGE reply.
+StreamReply = list[tuple[bytes | str | None, dict[bytes | str, bytes | str] | None]] | None
+
+
+def raw(reply: object) -> bytes:
+    """A string reply: bytes, since the client never decodes."""
+    if not isinstance(reply, bytes):
+        raise TypeError(f"expected a bytes reply from Redis, got {type(reply).__name__}")
+    return reply
+
+
+def raw_opt(reply: object) -> bytes | None:
+    """A string reply that may be nil (a missing key or field)."""
+    return None if reply is None else raw(reply)
+
+
+def raws(replies: Iterable[object]) -> list[bytes]:
+    """A list reply of strings (set members, a sorted-set range without scores)."""
+    return [raw(r) for r in replies]
+
+
+def raws_opt(replies: Iterable[object]) -> list[bytes | None]:
+    """A list reply of strings that may be nil (HMGET, MGET)."""
+    return [raw_opt(r) for r in replies]
+
+
+def text(reply: object) -> str:
+    """A string reply as text."""
+    return raw(reply).decode()
+
+
+def texts(replies: Iterable[object]) -> list[str]:
+    """A list reply of strings as text."""
+    return [text(r) for r in replies]
+
+
 def s(value: bytes | str | None) -> str | None:
     """A reply as text."""
     return value.decode() if isinstance(value, bytes) else value
 
 
-def plain(fields: Mapping[str, Any]) -> dict[str, str | int]:
+def raw_hash(reply: Mapping[K, object] | None) -> dict[bytes, bytes]:
+    """A hash reply (HGETALL, a stream entry's fields) as bytes."""
+    if reply is None:
+        raise TypeError("expected a hash reply from Redis, got None")
+    return {raw(k): raw(v) for k, v in reply.items()}
+
+
+def text_hash(reply: Mapping[K, bytes | str]) -> dict[str, str]:
+    """A hash reply as text."""
+    return {text(k): text(v) for k, v in reply.items()}
+
+
+def stream_entries(reply: StreamReply) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """An XRANGE / XREVRANGE reply as (entry id, fields) pairs, in the reply's order."""
+    return [(raw(entry_id), raw_hash(fields)) for entry_id, fields in reply or []]
+
+
+# -- arguments -------------------------------------------------------------------------------
+
+
+def plain(fields: Mapping[str, Any]) -> dict[FieldT, EncodableT]:
     """Hash fields as Redis-native values."""
     # IntEnum members would be written as their repr by redis-py on Python 3.11.
     return {k: int(v) if isinstance(v, int) else v for k, v in fields.items()}
 
 
-def text_hash(raw: Mapping[bytes, bytes]) -> dict[str, str]:
-    """A hash reply as text."""
-    return {k.decode(): v.decode() for k, v in raw.items()}
+def hash_fields(fields: Mapping[str, str | int]) -> dict[FieldT, EncodableT]:
+    """Hash fields as they are, typed as `hset` takes them (a dict's key type is invariant)."""
+    return {k: v for k, v in fields.items()}
 
 
 class StoreBase:

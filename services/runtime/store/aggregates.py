@@ -13,7 +13,7 @@ from redis.exceptions import WatchError
 from federated.aggregate import FedAvgAccumulator
 from services.runtime import keys
 from services.runtime.errors import SagaConflict, StaleRound
-from services.runtime.store._base import StoreBase
+from services.runtime.store._base import StoreBase, raw_opt, texts
 
 _WATCH_RETRIES = 50
 
@@ -37,10 +37,10 @@ class AggregateStore(StoreBase):
                         raise StaleRound(f"iteration {it} closed while the update was checked")
                     if await pipe.hget(it_key, device_id) != b"training":
                         raise StaleRound(f"device {device_id} is not training in iteration {it}")
-                    raw = await pipe.get(acc_key)
+                    raw = raw_opt(await pipe.get(acc_key))
                     acc = FedAvgAccumulator.from_bytes(raw) if raw else FedAvgAccumulator()
                     acc.add(delta, weight)
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
                     pipe.set(acc_key, acc.to_bytes(), ex=self.ttl_s)
                     pipe.sadd(contrib_key, device_id)
                     pipe.expire(contrib_key, self.ttl_s)
@@ -52,12 +52,12 @@ class AggregateStore(StoreBase):
 
     async def aggregate(self, round_id: str, it: int) -> FedAvgAccumulator | None:
         """The iteration's running sum, if any update was folded in."""
-        raw = await self.redis.get(keys.accumulator(round_id, it))
+        raw = raw_opt(await self.redis.get(keys.accumulator(round_id, it)))
         return FedAvgAccumulator.from_bytes(raw) if raw else None
 
     async def contributors(self, round_id: str, it: int) -> set[str]:
         """Devices whose update is in the iteration's sum."""
-        return {m.decode() for m in await self.redis.smembers(keys.contributors(round_id, it))}
+        return set(texts(await self.redis.smembers(keys.contributors(round_id, it))))
 
     async def contributed(self, round_id: str, it: int, device_id: str) -> bool:
         """Whether the device's update is in the iteration's sum."""

@@ -6,7 +6,16 @@ from schemas.base import now_ms
 from schemas.codec import encode, unpack
 from schemas.device import DeviceStatus
 from services.runtime import keys
-from services.runtime.store._base import RELEASE_IF_OWNER, StoreBase, s
+from services.runtime.store._base import (
+    RELEASE_IF_OWNER,
+    StoreBase,
+    raw,
+    raw_opt,
+    raws,
+    raws_opt,
+    s,
+    texts,
+)
 
 
 class DeviceStore(StoreBase):
@@ -38,23 +47,21 @@ class DeviceStore(StoreBase):
     async def devices(self, *, seen_since_ms: int | None = None) -> list[DeviceStatus]:
         """Registered devices' latest statuses; only those heard from since, when given."""
         if seen_since_ms is None:
-            raw = list((await self.redis.hgetall(keys.devices())).values())
+            found = [raw(v) for v in (await self.redis.hgetall(keys.devices())).values()]
         else:
-            ids = await self.redis.zrangebyscore(keys.devices_seen(), seen_since_ms, "+inf")
-            raw = [r for r in await self.redis.hmget(keys.devices(), ids) if r] if ids else []
-        return [DeviceStatus.model_validate(unpack(v)) for v in raw]
+            ids = raws(await self.redis.zrangebyscore(keys.devices_seen(), seen_since_ms, "+inf"))
+            replies = raws_opt(await self.redis.hmget(keys.devices(), ids)) if ids else []
+            found = [r for r in replies if r]
+        return [DeviceStatus.model_validate(unpack(v)) for v in found]
 
     async def device(self, device_id: str) -> DeviceStatus | None:
         """One device's latest status."""
-        raw = await self.redis.hget(keys.devices(), device_id)
-        return DeviceStatus.model_validate(unpack(raw)) if raw else None
+        reply = raw_opt(await self.redis.hget(keys.devices(), device_id))
+        return DeviceStatus.model_validate(unpack(reply)) if reply else None
 
     async def forget_devices(self, seen_before_ms: int) -> list[str]:
         """Drop the registry entries of devices not heard from since; returns their ids."""
-        stale = [
-            d.decode()
-            for d in await self.redis.zrangebyscore(keys.devices_seen(), "-inf", seen_before_ms)
-        ]
+        stale = texts(await self.redis.zrangebyscore(keys.devices_seen(), "-inf", seen_before_ms))
         if stale:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hdel(keys.devices(), *stale)

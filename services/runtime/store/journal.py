@@ -15,7 +15,14 @@ from typing import Any
 from schemas.base import now_ms
 from schemas.codec import pack, unpack
 from services.runtime import keys
-from services.runtime.store._base import StoreBase, text_hash
+from services.runtime.store._base import (
+    StoreBase,
+    raw_hash,
+    raws,
+    raws_opt,
+    stream_entries,
+    text_hash,
+)
 
 DEAD_LETTERS_KEPT = 10_000
 
@@ -81,7 +88,7 @@ class JournalStore(StoreBase):
 
     async def journal(self, service: str, instance: str) -> list[InFlight]:
         """Every message in flight for this instance, oldest first."""
-        raw = await self.redis.hgetall(keys.inflight(service, instance))
+        raw = raw_hash(await self.redis.hgetall(keys.inflight(service, instance)))
         items = [InFlight.unpack(k.decode(), v) for k, v in raw.items()]
         return sorted(items, key=lambda i: (i.first_ms, i.entry))
 
@@ -90,10 +97,10 @@ class JournalStore(StoreBase):
     ) -> list[InFlight]:
         """Messages whose next try is due, oldest due first."""
         due_key = keys.inflight_due(service, instance)
-        entries = await self.redis.zrangebyscore(due_key, "-inf", now, start=0, num=limit)
+        entries = raws(await self.redis.zrangebyscore(due_key, "-inf", now, start=0, num=limit))
         if not entries:
             return []
-        raw = await self.redis.hmget(keys.inflight(service, instance), entries)
+        raw = raws_opt(await self.redis.hmget(keys.inflight(service, instance), entries))
         found = [InFlight.unpack(e.decode(), r) for e, r in zip(entries, raw, strict=True) if r]
         if len(found) < len(entries):  # due marks whose record is gone: drop them
             gone = [e for e, r in zip(entries, raw, strict=True) if not r]
@@ -124,8 +131,7 @@ class JournalStore(StoreBase):
         """The newest dead letters of a service, newest first (payloads left out)."""
         out = []
         entries = await self.redis.xrevrange(keys.dead_letters(service), count=count)
-        for entry_id, fields in entries:
-            raw: dict[bytes, bytes] = dict(fields)
+        for entry_id, raw in stream_entries(entries):
             payload = raw.pop(b"payload", b"")
             out.append({"id": entry_id.decode(), **text_hash(raw), "bytes": len(payload)})
         return out

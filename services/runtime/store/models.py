@@ -8,7 +8,16 @@ from federated.params import Params, digest
 from schemas.base import now_ms
 from schemas.codec import pack, unpack
 from services.runtime import keys
-from services.runtime.store._base import RELEASE_IF_OWNER, StoreBase, s, text_hash
+from services.runtime.store._base import (
+    RELEASE_IF_OWNER,
+    StoreBase,
+    hash_fields,
+    raw_opt,
+    s,
+    text,
+    text_hash,
+    texts,
+)
 
 
 def encode_params(params: Params) -> bytes:
@@ -49,7 +58,7 @@ class ModelStore(StoreBase):
 
     async def get_params(self, d: str) -> Params | None:
         """Weights by digest, verified; None when unknown."""
-        raw = await self.redis.get(keys.blob(d))
+        raw = raw_opt(await self.redis.get(keys.blob(d)))
         if raw is None:
             return None
         params = decode_params(raw)
@@ -69,20 +78,20 @@ class ModelStore(StoreBase):
             pipe.hsetnx(key, "round_id", round_id)
             pipe.hget(key, "round_id")
             _, owner = await pipe.execute()
-        return owner.decode()
+        return text(owner)
 
     async def register_version(self, model: str, ver: str, fields: Mapping[str, str]) -> None:
         """Write a claimed version's record and index it (idempotent: a replay completes it)."""
         key = keys.version(model, ver)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(key, "created_ms", now_ms())
-            pipe.hset(key, mapping=dict(fields))
+            pipe.hset(key, mapping=hash_fields(fields))
             pipe.zadd(keys.versions(model), {ver: now_ms()}, nx=True)
             await pipe.execute()
 
     async def update_version(self, model: str, ver: str, **fields: str) -> None:
         """Change a registered version's status or metrics."""
-        await self.redis.hset(keys.version(model, ver), mapping=fields)
+        await self.redis.hset(keys.version(model, ver), mapping=hash_fields(fields))
 
     async def get_version(self, model: str, ver: str) -> dict[str, str]:
         """One version's record (empty when unknown)."""
@@ -90,7 +99,7 @@ class ModelStore(StoreBase):
 
     async def versions(self, model: str) -> list[str]:
         """Registered versions of a model, oldest first."""
-        return [v.decode() for v in await self.redis.zrange(keys.versions(model), 0, -1)]
+        return texts(await self.redis.zrange(keys.versions(model), 0, -1))
 
     async def active_version(self, model: str) -> str | None:
         """The version deployed to the fleet."""

@@ -17,7 +17,15 @@ from schemas.events import Event
 from schemas.ops import RoundRequested
 from services.runtime import keys
 from services.runtime.errors import SagaConflict, StaleRound
-from services.runtime.store._base import StoreBase, plain, s, text_hash
+from services.runtime.store._base import (
+    StoreBase,
+    hash_fields,
+    plain,
+    s,
+    stream_entries,
+    text_hash,
+    texts,
+)
 
 E = TypeVar("E", bound=Event)
 
@@ -69,7 +77,7 @@ class RoundStore(StoreBase):
                     current = text_hash(await pipe.hgetall(key))
                     if not current or any(current.get(f) != v for f, v in expect.items()):
                         return False
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
                     pipe.hset(key, mapping={**plain(updates), "updated_ms": now_ms()})
                     await pipe.execute()
                     return True
@@ -119,11 +127,13 @@ class RoundStore(StoreBase):
     async def events(self, round_id: str) -> list[dict[str, Any]]:
         """The round's audit log, oldest first."""
         out = []
-        for entry_id, fields in await self.redis.xrange(keys.round_events(round_id)):
+        for entry_id, fields in stream_entries(
+            await self.redis.xrange(keys.round_events(round_id))
+        ):
             f = text_hash(fields)
             out.append(
                 {
-                    "id": s(entry_id),
+                    "id": entry_id.decode(),
                     "kind": f["kind"],
                     "service": f["service"],
                     **json.loads(f["event"]),
@@ -133,12 +143,12 @@ class RoundStore(StoreBase):
 
     async def last_event_kind(self, round_id: str) -> str | None:
         """Kind of the newest event in the round's log."""
-        last = await self.redis.xrevrange(keys.round_events(round_id), count=1)
+        last = stream_entries(await self.redis.xrevrange(keys.round_events(round_id), count=1))
         return last[0][1][b"kind"].decode() if last else None
 
     async def rounds(self) -> list[str]:
         """Every known round id, oldest first."""
-        return [r.decode() for r in await self.redis.zrange(keys.rounds(), 0, -1)]
+        return texts(await self.redis.zrange(keys.rounds(), 0, -1))
 
     # -- sets and hashes scoped to a round ----------------------------------------------------
 
@@ -166,14 +176,14 @@ class RoundStore(StoreBase):
 
     async def smembers(self, key: str) -> list[str]:
         """Members of a set, sorted."""
-        return sorted(m.decode() for m in await self.redis.smembers(key))
+        return sorted(texts(await self.redis.smembers(key)))
 
     async def hset(self, key: str, mapping: Mapping[str, str | int]) -> None:
         """Write a round-scoped hash (with the round TTL)."""
         if not mapping:
             return
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=dict(mapping))
+            pipe.hset(key, mapping=hash_fields(mapping))
             pipe.expire(key, self.ttl_s)
             await pipe.execute()
 

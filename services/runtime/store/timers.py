@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.runtime import keys
-from services.runtime.store._base import StoreBase
+from services.runtime.store._base import StoreBase, raws
 
 _CLAIM = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -40,7 +40,9 @@ class TimerStore(StoreBase):
         before `finish_timer`, the timer fires again after the lease. Returns
         (round_id, tag, lease score) triples.
         """
-        due = await self.redis.zrangebyscore(keys.timers(service), "-inf", now, start=0, num=100)
+        due = raws(
+            await self.redis.zrangebyscore(keys.timers(service), "-inf", now, start=0, num=100)
+        )
         claimed = []
         for member in due:
             lease = now + lease_ms

@@ -4,17 +4,25 @@ processes against them (one stack per test session), plus a fresh fleet per test
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
+import aiomqtt
 import pytest
 import redis
 
 from deploy.stack import LocalStack
 from edge_client.fleet import Fleet, FleetSpec
+from federated.aggregate import FedAvgAccumulator
 from fedsaga.client import FedSaga
+from fedsaga.status import RoundResult
+from schemas import topics
+from schemas.codec import decode
+from schemas.device import DeviceUpdate
 from schemas.ops import RoundRequested
+from services.runtime import keys
 
 _fleet_ids = itertools.count()
 
@@ -138,3 +146,103 @@ async def probe(stack: LocalStack) -> AsyncIterator[Probe]:
         task = asyncio.create_task(read())
         yield p
         task.cancel()
+
+
+def mqtt_client(stack: LocalStack, prefix: str) -> aiomqtt.Client:
+    """A plain MQTT 5 client of the stack's broker, with a fresh id (`async with` it)."""
+    s = stack.settings
+    return aiomqtt.Client(
+        s.mqtt_host,
+        s.mqtt_port,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        identifier=f"{prefix}-{uuid.uuid4().hex[:6]}",
+    )
+
+
+@contextlib.asynccontextmanager
+async def on_updates(
+    stack: LocalStack, callback: Callable[[DeviceUpdate], None]
+) -> AsyncIterator[None]:
+    """Call `callback(update)` for each device update the broker routes, as it arrives.
+
+    For faults timed to an update burst. It stops listening when the broker goes away.
+    """
+    async with mqtt_client(stack, "updates") as client:
+        await client.subscribe(topics.ALL_UPDATES, qos=0)
+
+        async def read() -> None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                async for message in client.messages:
+                    callback(decode(bytes(message.payload), DeviceUpdate))  # type: ignore[arg-type]
+
+        task = asyncio.create_task(read())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def assert_each_update_counted_once(
+    saga: FedSaga, req: RoundRequested, result: RoundResult
+) -> None:
+    """Every iteration folded in each cohort device's update exactly once: no failures,
+    participants == cohort, and the aggregate's example count is the cohort's total."""
+    rid = result.round_id
+    cohort = set(await saga.store.smembers(keys.cohort(rid)))
+    iterations = req.training_rounds
+    assert len(cohort) == req.cohort_size
+    assert result.participation["failures"] == {}
+    assert result.participation["participants_per_iteration"] == [len(cohort)] * iterations
+    examples = {}
+    for device_id in cohort:
+        device = await saga.store.device(device_id)
+        assert device is not None
+        examples[device_id] = device.num_examples
+    total = sum(examples.values())
+    for it in range(iterations):
+        raw = await saga.store.redis.get(keys.accumulator(rid, it))
+        assert raw is not None, f"iteration {it}: no aggregate"
+        acc = FedAvgAccumulator.from_bytes(raw)
+        assert (acc.count, int(acc.total_weight)) == (len(cohort), total), f"iteration {it}"
+    events = await saga.store.events(rid)
+    for it in range(iterations):
+        # The log may miss an announcement the aggregator died before writing (a replay
+        # finds the update already summed and only publishes it again); never one twice.
+        received = [e for e in events if e["kind"] == "update.received" and e["iteration"] == it]
+        devices = [e["device_id"] for e in received]
+        twice = [
+            (e["id"], e["device_id"], e["msg_id"])
+            for e in received
+            if devices.count(e["device_id"]) > 1
+        ]
+        assert not twice, f"iteration {it}: announced twice in the round's log: {twice}"
+        assert set(devices) <= cohort, f"iteration {it}"
+    announced = [e["num_examples"] for e in events if e["kind"] == "iteration.completed"]
+    assert announced == [total] * (iterations - 1)
+
+
+@pytest.fixture
+async def burst_fleet(stack: LocalStack, saga: FedSaga) -> AsyncIterator[Fleet]:
+    """Twenty healthy devices, for rounds whose updates arrive as a burst of twenty."""
+    f = await start_fleet(stack, saga, devices=20)
+    yield f
+    await f.__aexit__(None, None, None)
+
+
+class UpdateBurst:
+    """Set `arrived` once the `nth` update of `iteration` reached the broker (the burst's
+    middle, say): the moment to strike. Pass `seen` to `on_updates`."""
+
+    def __init__(self, iteration: int, nth: int) -> None:
+        self.iteration, self.nth = iteration, nth
+        self.devices: set[str] = set()
+        self.arrived = asyncio.Event()
+
+    def seen(self, update: DeviceUpdate) -> None:
+        """Count one update as it arrives."""
+        if update.iteration == self.iteration:
+            self.devices.add(update.device_id)
+            if len(self.devices) >= self.nth:
+                self.arrived.set()

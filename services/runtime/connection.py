@@ -31,7 +31,7 @@ def service_client(settings: Settings, identifier: str) -> aiomqtt.Client:
         properties=props,
         keepalive=15,
         timeout=5,  # a publish into a dead connection fails within 5 s
-        **settings.mqtt_options(),
+        **settings.mqtt_options(identifier),
     )
     client._client.manual_ack_set(True)
     return client

@@ -17,6 +17,8 @@ class Settings(BaseModel):
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     # Credentials and TLS for a broker like mosquitto/prod.conf; the dev broker needs none.
+    # With a password and no username, an instance logs in as its identity
+    # (`fedsaga-{service}-{instance}`): prod.conf makes the username the client id.
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     mqtt_ca_file: str | None = None  # set: connect over TLS, verifying the broker with it
@@ -64,11 +66,20 @@ class Settings(BaseModel):
             raise ValueError("canary_stages must rise strictly within 1..100 and end at 100")
         return value
 
-    def mqtt_options(self) -> dict[str, Any]:
-        """Keyword arguments for `aiomqtt.Client`: credentials and TLS, when configured."""
-        options: dict[str, Any] = {}
+    def mqtt_username_for(self, identity: str) -> str | None:
+        """The username an instance logs in with: the explicit one, else with a password its
+        identity (its client id, which mosquitto/prod.conf ties to the username), else none."""
         if self.mqtt_username is not None:
-            options["username"] = self.mqtt_username
+            return self.mqtt_username
+        return identity if self.mqtt_password is not None else None
+
+    def mqtt_options(self, identity: str) -> dict[str, Any]:
+        """Keyword arguments for `aiomqtt.Client` for the instance `identity`: credentials and
+        TLS, when configured."""
+        options: dict[str, Any] = {}
+        username = self.mqtt_username_for(identity)
+        if username is not None:
+            options["username"] = username
             options["password"] = self.mqtt_password
         if self.mqtt_ca_file is not None:
             options["tls_params"] = TLSParameters(ca_certs=self.mqtt_ca_file)

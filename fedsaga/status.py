@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Any
 
@@ -11,6 +10,7 @@ from pydantic import BaseModel
 from federated.params import flatten
 from schemas.steps import STEP_NAMES
 from services.runtime import keys
+from services.runtime.state import Field, RoundState
 from services.runtime.store import SagaStore
 
 
@@ -48,7 +48,7 @@ _STEP_EVENTS = {
 async def round_result(store: SagaStore, round_id: str) -> RoundResult:
     """Assemble a round's result from its hash, its sets and its event log."""
     state = await store.get_round(round_id)
-    if not state:
+    if not state.exists:
         raise KeyError(f"no round {round_id}")
     events = await store.events(round_id)
     steps = list(
@@ -59,33 +59,32 @@ async def round_result(store: SagaStore, round_id: str) -> RoundResult:
         for e in events
         if e["kind"] == "step.compensated"
     ]
-    request = json.loads(state.get("request", "{}"))
     cohort = await store.smembers(keys.cohort(round_id))
     failures = await store.hgetall(keys.failures(round_id))
     per_iteration = [len(e["participants"]) for e in events if e["kind"] == "training.completed"]
     bytes_ = await _bytes(store, state)
-    model = state.get("model_name", "")
+    model = state.model_name
     return RoundResult(
         round_id=round_id,
-        status=state.get("status", "unknown"),
+        status=state.status,
         steps_done=steps,
         compensations=comps,
-        failed_step=int(state["failed_step"]) if state.get("failed_step") else None,
-        failure_reason=state.get("failure_reason"),
+        failed_step=state.failed_step,
+        failure_reason=state.failure_reason,
         versions={
-            "parent": state.get("parent_version") or None,
-            "candidate": state.get("candidate_version") or None,
-            "deployed": state.get("deployed_version") or None,
+            "parent": state.parent_version,
+            "candidate": state.candidate_version,
+            "deployed": state.deployed_version,
             "active": await store.active_version(model) if model else None,
         },
         participation={
             "cohort": len(cohort),
-            "min_nodes": request.get("min_participating_nodes"),
+            "min_nodes": state.request.min_participating_nodes,
             "participants_per_iteration": per_iteration,
             "failure_reasons": dict(Counter(r.split(" (")[0] for r in failures.values())),
             "failures": failures,
         },
-        metrics=json.loads(state.get("metrics", "{}")),
+        metrics=state.metrics,
         bytes=bytes_,
         timeline=[
             {
@@ -99,19 +98,19 @@ async def round_result(store: SagaStore, round_id: str) -> RoundResult:
     )
 
 
-async def _bytes(store: SagaStore, state: dict[str, str]) -> dict[str, float]:
+async def _bytes(store: SagaStore, state: RoundState) -> dict[str, float]:
     """Bytes per device per iteration, each way, beside the float32 model size."""
-    start = state.get("start_digest")
+    start = state.start_digest
     params = await store.get_params(start) if start else None
     f32 = float(flatten(params).size * 4) if params else 0.0
-    down_n, up_n = int(state.get("payloads_down", 0)), int(state.get("payloads_up", 0))
-    down = int(state.get("bytes_down", 0)) / down_n if down_n else 0.0
-    up = int(state.get("bytes_up", 0)) / up_n if up_n else 0.0
+    down_n, up_n = state.counter(Field.PAYLOADS_DOWN), state.counter(Field.PAYLOADS_UP)
+    down = state.counter(Field.BYTES_DOWN) / down_n if down_n else 0.0
+    up = state.counter(Field.BYTES_UP) / up_n if up_n else 0.0
     return {
         "float32_model": f32,
         "down_per_device_iteration": round(down, 1),
         "up_per_device_iteration": round(up, 1),
         "down_vs_float32": round(down / f32, 4) if f32 else 0.0,
         "up_vs_float32": round(up / f32, 4) if f32 else 0.0,
-        "deploy_total": float(state.get("bytes_deploy", 0)),
+        "deploy_total": float(state.counter(Field.BYTES_DEPLOY)),
     }

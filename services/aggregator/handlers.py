@@ -24,6 +24,7 @@ from schemas.events import (
 from schemas.steps import Step
 from services.aggregator.decisions import Refusal, check_payload, check_update, fedavg_weight
 from services.runtime import Context, Rejected, Service, StaleRound, compensation, keys, on
+from services.runtime.state import Field
 
 _RETRIES = 50
 
@@ -35,19 +36,19 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
     state = await ctx.store.get_round(round_id)
     held = await ctx.store.hget(keys.held(round_id), update.device_id)
     registered = await ctx.store.device(update.device_id)
-    current = state.get("iteration")
     _refuse(
         check_update(
             update,
-            round_status=state.get("status", "unknown"),
+            round_status=state.status,
             selected=await ctx.store.sismember(keys.cohort(round_id), update.device_id),
-            current_iteration=None if current is None else int(current),
-            closing=f"closing_{it}" in state,
+            current_iteration=state.iteration if state.exists else None,
+            closing=state.at(it).closing,
             held_digest=held,
             registered_examples=None if registered is None else registered.num_examples,
         )
     )
-    global_params = await ctx.store.get_params(state[f"base_{it}"])
+    base = state.at(it).base
+    global_params = None if base is None else await ctx.store.get_params(base)
     if global_params is None:
         raise Rejected("global model missing")
     try:
@@ -62,7 +63,7 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
             model_spec=spec_of(global_params),
         )
     )
-    weight = fedavg_weight(update.num_examples, state.get("example_cap"))
+    weight = fedavg_weight(update.num_examples, state.example_cap)
     try:
         added = await ctx.store.fold_update(
             round_id, it, update.device_id, flatten(payload.delta), weight
@@ -80,8 +81,8 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
         # (the coordinator's compare-and-set makes a repeat harmless).
         await ctx.publish(topics.round_event(round_id, UpdateReceived.topic_name), received)
         return
-    await ctx.store.incr(round_id, "bytes_up", len(update.blob))
-    await ctx.store.incr(round_id, "payloads_up", 1)
+    await ctx.store.incr(round_id, Field.BYTES_UP, len(update.blob))
+    await ctx.store.incr(round_id, Field.PAYLOADS_UP, 1)
     await ctx.emit(received)
 
 
@@ -94,17 +95,19 @@ def _refuse(refusal: Refusal | None) -> None:
 async def on_training_completed(event: TrainingCompleted, ctx: Context) -> None:
     """Apply the iteration's FedAvg to the global model; emit the next step's event."""
     round_id, it = event.round_id, event.iteration
-    request = await ctx.store.request_of(round_id)
-    final = it + 1 >= request.training_rounds
+    state = await ctx.store.get_round(round_id)
+    if not state.exists:
+        raise StaleRound(f"round {round_id} is unknown")
+    final = it + 1 >= state.request.training_rounds
     announced = ModelAggregated if final else IterationCompleted
     if await ctx.republish(round_id, f"aggregated_{it}", announced) is not None:
         return
-    state = await ctx.store.get_round(round_id)
-    if state.get("status") != "running":
+    if not state.running:
         return
     acc = await ctx.store.aggregate(round_id, it)
     contributors = await ctx.store.contributors(round_id, it)
-    current = await ctx.store.get_params(state[f"base_{it}"])
+    base = state.at(it).base
+    current = None if base is None else await ctx.store.get_params(base)
     if acc is None or current is None or not set(event.participants) <= contributors:
         await ctx.fail(round_id, Step.AGGREGATE, f"iteration {it}: aggregate or base missing")
         return
@@ -116,9 +119,9 @@ async def on_training_completed(event: TrainingCompleted, ctx: Context) -> None:
         await ctx.fail(round_id, Step.AGGREGATE, f"iteration {it}: {exc}")
         return
     new_digest = await ctx.store.put_params(new_global)
-    await ctx.store.set_fields(round_id, global_digest=new_digest)
+    await ctx.store.set_fields(round_id, {Field.GLOBAL_DIGEST: new_digest})
     if not final:
-        await ctx.store.set_fields(round_id, step=Step.DISTRIBUTE)
+        await ctx.store.set_fields(round_id, {Field.STEP: Step.DISTRIBUTE})
         await ctx.emit_once(
             f"aggregated_{it}",
             IterationCompleted(
@@ -129,7 +132,9 @@ async def on_training_completed(event: TrainingCompleted, ctx: Context) -> None:
             ),
         )
     else:
-        await ctx.store.set_fields(round_id, step=Step.VALIDATE, candidate_digest=new_digest)
+        await ctx.store.set_fields(
+            round_id, {Field.STEP: Step.VALIDATE, Field.CANDIDATE_DIGEST: new_digest}
+        )
         await ctx.emit_once(
             f"aggregated_{it}",
             ModelAggregated(round_id=round_id, iterations=it + 1, digest=new_digest),
@@ -139,11 +144,11 @@ async def on_training_completed(event: TrainingCompleted, ctx: Context) -> None:
 async def discard(round_id: str, ctx: Context) -> str:
     """Compensation: drop the running sums and the candidate model."""
     state = await ctx.store.get_round(round_id)
-    dropped = await ctx.store.discard_aggregates(round_id, int(state.get("iteration", 0)) + 1)
-    candidate = state.get("candidate_digest")
-    if candidate and candidate != state.get("start_digest"):
+    dropped = await ctx.store.discard_aggregates(round_id, state.iteration + 1)
+    candidate = state.candidate_digest
+    if candidate and candidate != state.start_digest:
         await ctx.store.drop_params(candidate)
-    await ctx.store.set_fields(round_id, candidate_digest="")
+    await ctx.store.set_fields(round_id, {Field.CANDIDATE_DIGEST: ""})
     return f"discarded aggregate ({dropped} keys, candidate {candidate or 'none'})"
 
 

@@ -30,6 +30,7 @@ from services.deployer.decisions import (
     stage_verdict,
 )
 from services.runtime import Context, Service, compensation, keys, on
+from services.runtime.state import Field, stage_deadline_field, stage_started_field
 from services.runtime.weights import device_bases, send_weights
 
 ROLLOUT_RETRY_MS = 1_000
@@ -50,34 +51,33 @@ async def begin_rollout(round_id: str, ctx: Context) -> None:
     another rollout under way waits for it (a timer tries again).
     """
     state = await ctx.store.get_round(round_id)
-    if state.get("status") != "running":
+    if not state.running:
         return
-    holder = await ctx.store.acquire_rollout(state["model_name"], round_id, ROLLOUT_LOCK_MS)
+    holder = await ctx.store.acquire_rollout(state.model_name, round_id, ROLLOUT_LOCK_MS)
     if holder != round_id:
         ctx.log.info("rollout waits for another", behind=holder)
         await ctx.schedule(round_id, "rollout", now_ms() + ROLLOUT_RETRY_MS)
         return
-    if "deploy_fleet" not in state:
+    if state.deploy_fleet is None:
         since = now_ms() - ctx.settings.device_fresh_ms
         devices = await ctx.store.devices(seen_since_ms=since)
-        seed = (await ctx.store.request_of(round_id)).seed
-        fleet = rollout_order(devices, seed)
+        fleet = rollout_order(devices, state.request.seed)
         if not fleet:
             await ctx.fail(round_id, Step.DEPLOY, "no online device to deploy to")
             return
-        await ctx.store.hsetnx(keys.round_hash(round_id), "deploy_fleet", json.dumps(fleet))
+        await ctx.store.set_once(round_id, Field.DEPLOY_FLEET, json.dumps(fleet))
     await start_stage(round_id, 1, ctx)
 
 
 async def start_stage(round_id: str, stage: int, ctx: Context) -> None:
     """Deploy to the devices that stage `stage` adds (idempotent: a replay resends the same)."""
     state = await ctx.store.get_round(round_id)
-    if f"started_{stage}" in state or state.get("status") != "running":
+    if state.stage(stage).started or not state.running:
         return
-    fleet = json.loads(state["deploy_fleet"])
+    fleet = state.deploy_fleet or []
     new = stage_devices(fleet, ctx.settings.canary_stages, stage)
-    version, digest = state["candidate_version"], state["candidate_digest"]
-    target = await ctx.store.get_params(digest)
+    version, digest = state.candidate_version or "", state.candidate_digest or ""
+    target = await ctx.store.get_params(digest) if digest else None
     if target is None:
         await ctx.fail(round_id, Step.DEPLOY, f"candidate {digest} is missing")
         return
@@ -85,14 +85,14 @@ async def start_stage(round_id: str, stage: int, ctx: Context) -> None:
         await ctx.store.hsetnx(
             keys.deployment(round_id), device_id, deployment_state(PENDING, stage)
         )
-    await ctx.store.set_fields(round_id, deploy_stage=stage)
-    round_key = keys.round_hash(round_id)
-    await ctx.store.hsetnx(
-        round_key, f"stage_deadline_{stage}", str(now_ms() + ctx.settings.canary_timeout_ms)
+    await ctx.store.set_fields(round_id, {Field.DEPLOY_STAGE: stage})
+    deadline = int(
+        await ctx.store.set_once(
+            round_id, stage_deadline_field(stage), now_ms() + ctx.settings.canary_timeout_ms
+        )
     )
-    deadline = int((await ctx.store.get_round(round_id))[f"stage_deadline_{stage}"])
     await ctx.schedule(round_id, f"stage:{stage}", deadline)
-    chaos = (await ctx.store.request_of(round_id)).simulate_failure
+    chaos = state.request.simulate_failure
     sent = await send_weights(
         ctx,
         round_id=round_id,
@@ -101,7 +101,7 @@ async def start_stage(round_id: str, stage: int, ctx: Context) -> None:
         purpose="deploy",
         version=version,
     )
-    await ctx.store.incr(round_id, "bytes_deploy", sum(n for _, n in sent.values()))
+    await ctx.store.incr(round_id, Field.BYTES_DEPLOY, sum(n for _, n in sent.values()))
     for device_id, (rebuilt, _) in sent.items():
         await ctx.publish(
             topics.device(topics.DEVICE_CMD, device_id),
@@ -114,7 +114,7 @@ async def start_stage(round_id: str, stage: int, ctx: Context) -> None:
             ),
         )
     ctx.log.info("canary stage started", stage=stage, devices=len(new), fleet=len(fleet))
-    await ctx.store.mark_once(round_id, f"started_{stage}")
+    await ctx.store.mark_once(round_id, stage_started_field(stage))
     await check_stage(round_id, stage, ctx)
 
 
@@ -153,7 +153,7 @@ async def check_stage(round_id: str, stage: int, ctx: Context, *, timed_out: boo
     passed = await ctx.republish(round_id, f"stage_passed_{stage}", CanaryStagePassed)
     state = await ctx.store.get_round(round_id)
     if passed is None:
-        if state.get("status") != "running":
+        if not state.running:
             return
         pct = ctx.settings.canary_stages[stage - 1]
         verdict = stage_verdict(
@@ -172,7 +172,7 @@ async def check_stage(round_id: str, stage: int, ctx: Context, *, timed_out: boo
             f"stage_passed_{stage}",
             CanaryStagePassed(
                 round_id=round_id,
-                version=state["candidate_version"],
+                version=state.candidate_version or "",
                 stage=stage,
                 percent=pct,
                 devices=verdict.devices,
@@ -193,17 +193,17 @@ async def finish(round_id: str, ctx: Context) -> None:
         # Done before: re-announce only. Re-activating here could roll the fleet back to
         # this version after a later round deployed a newer one.
         await ctx.republish(round_id, "completed", RoundCompleted)
-        await ctx.store.release_rollout(
-            (await ctx.store.get_round(round_id))["model_name"], round_id
-        )
+        await ctx.store.release_rollout((await ctx.store.get_round(round_id)).model_name, round_id)
         return
     state = await ctx.store.get_round(round_id)
-    model, version = state["model_name"], state["candidate_version"]
+    model, version = state.model_name, state.candidate_version or ""
     await ctx.store.transition(
-        round_id, {"status": "running"}, {"status": "succeeded", "deployed_version": version}
+        round_id,
+        {Field.STATUS: "running"},
+        {Field.STATUS: "succeeded", Field.DEPLOYED_VERSION: version},
     )
     state = await ctx.store.get_round(round_id)
-    if state.get("status") != "succeeded" or state.get("deployed_version") != version:
+    if state.status != "succeeded" or state.deployed_version != version:
         return
     # Each write below is idempotent, so a replay after a crash finishes the job.
     await ctx.store.set_active_version(model, version)
@@ -227,7 +227,7 @@ async def finish(round_id: str, ctx: Context) -> None:
 async def rollback(round_id: str, ctx: Context) -> str:
     """Compensation: every device that got the version returns to its previous one."""
     state = await ctx.store.get_round(round_id)
-    version = state.get("candidate_version", "")
+    version = state.candidate_version or ""
     deployed = await ctx.store.hgetall(keys.deployment(round_id))
     for device_id in deployed:
         await ctx.publish(
@@ -235,8 +235,8 @@ async def rollback(round_id: str, ctx: Context) -> str:
             RollbackCommand(round_id=round_id, version=version),
         )
     if version:
-        await ctx.store.update_version(state["model_name"], version, status="rolled_back")
-    await ctx.store.release_rollout(state["model_name"], round_id)
+        await ctx.store.update_version(state.model_name, version, status="rolled_back")
+    await ctx.store.release_rollout(state.model_name, round_id)
     return f"rolled back {version or 'nothing'} on {len(deployed)} devices"
 
 

@@ -13,6 +13,7 @@ from schemas.events import IterationCompleted, NodesSelected, WeightsDistributed
 from schemas.ops import RoundRequested
 from schemas.steps import Step
 from services.runtime import Context, Rejected, Service, StaleRound, compensation, keys, on
+from services.runtime.state import Field, base_field
 from services.runtime.weights import device_bases, rng_for, send_weights
 
 
@@ -31,19 +32,21 @@ async def _starting_model(request: RoundRequested, ctx: Context) -> tuple[str, s
 async def on_nodes_selected(event: NodesSelected, ctx: Context) -> None:
     """Iteration 0: resolve the starting model and send it to the cohort."""
     state = await ctx.store.get_round(event.round_id)
-    if state.get("status") != "running":
-        raise StaleRound(f"round {event.round_id} is {state.get('status', 'unknown')}")
-    if "start_digest" not in state:
+    if not state.running:
+        raise StaleRound(f"round {event.round_id} is {state.status}")
+    if state.start_digest is None:
         try:
             start_digest, parent = await _starting_model(event.request, ctx)
         except Rejected as exc:
             await ctx.fail(event.round_id, Step.DISTRIBUTE, exc.reason)
             return
         # First writer wins: a repeated NodesSelected can never reset a running round.
-        round_key = keys.round_hash(event.round_id)
-        await ctx.store.hsetnx(round_key, "parent_version", parent or "")
-        await ctx.store.hsetnx(round_key, "start_digest", start_digest)
-        await ctx.store.hsetnx(round_key, "global_digest", start_digest)
+        for field, value in (
+            (Field.PARENT_VERSION, parent or ""),
+            (Field.START_DIGEST, start_digest),
+            (Field.GLOBAL_DIGEST, start_digest),
+        ):
+            await ctx.store.set_once(event.round_id, field, value)
     await distribute(event.round_id, 0, ctx)
 
 
@@ -57,11 +60,10 @@ async def distribute(round_id: str, iteration: int, ctx: Context) -> None:
     if await ctx.republish(round_id, f"distributed_{iteration}", WeightsDistributed) is not None:
         return
     state = await ctx.store.get_round(round_id)
-    if state.get("status") != "running":
-        raise StaleRound(f"round {round_id} is {state.get('status', 'unknown')}")
+    if not state.running or state.global_digest is None:
+        raise StaleRound(f"round {round_id} is {state.status}")
     # Pin the model this iteration starts from; the aggregator adds the mean delta to it.
-    await ctx.store.hsetnx(keys.round_hash(round_id), f"base_{iteration}", state["global_digest"])
-    global_digest = (await ctx.store.get_round(round_id))[f"base_{iteration}"]
+    global_digest = await ctx.store.set_once(round_id, base_field(iteration), state.global_digest)
     target = await ctx.store.get_params(global_digest)
     if target is None:
         await ctx.fail(round_id, Step.DISTRIBUTE, f"global model {global_digest} is missing")
@@ -77,9 +79,9 @@ async def distribute(round_id: str, iteration: int, ctx: Context) -> None:
     )
     await ctx.store.hset(keys.held(round_id), {d: dg for d, (dg, _) in sent.items()})
     total = sum(n for _, n in sent.values())
-    await ctx.store.incr(round_id, "bytes_down", total)
-    await ctx.store.incr(round_id, "payloads_down", len(sent))
-    await ctx.store.set_fields(round_id, step=Step.TRAIN, iteration=iteration)
+    await ctx.store.incr(round_id, Field.BYTES_DOWN, total)
+    await ctx.store.incr(round_id, Field.PAYLOADS_DOWN, len(sent))
+    await ctx.store.set_fields(round_id, {Field.STEP: Step.TRAIN, Field.ITERATION: iteration})
     await ctx.emit_once(
         f"distributed_{iteration}",
         WeightsDistributed(

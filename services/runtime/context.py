@@ -14,6 +14,7 @@ from schemas.codec import encode
 from schemas.events import ErrorReport, Event, RoundFailed, StepCompensated
 from services.runtime.errors import Rejected
 from services.runtime.settings import Settings
+from services.runtime.state import Field
 from services.runtime.store import SagaStore
 
 log = structlog.get_logger()
@@ -86,13 +87,15 @@ class Context:
         """
         await self.store.transition(
             round_id,
-            {"status": "running"},
-            {"status": "compensating", "failed_step": step, "failure_reason": reason},
+            {Field.STATUS: "running"},
+            {Field.STATUS: "compensating", Field.FAILED_STEP: step, Field.FAILURE_REASON: reason},
         )
         state = await self.store.get_round(round_id)
-        if state.get("status") in ("compensating", "failed"):
-            step, reason = int(state["failed_step"]), state["failure_reason"]
-            await self.emit_once("failed", RoundFailed(round_id=round_id, step=step, reason=reason))
+        if state.failing and state.failed_step is not None:
+            failed = RoundFailed(
+                round_id=round_id, step=state.failed_step, reason=state.failure_reason or ""
+            )
+            await self.emit_once("failed", failed)
 
     async def reject(self, topic: str, reason: str, round_id: str | None = None) -> None:
         """Report rejected input on `fl/errors/{service}`."""

@@ -40,8 +40,7 @@ def compensation(step: Step, undo: Undo) -> list[Route[RoundFailed] | Route[Step
 
     async def run(round_id: str, ctx: Context) -> None:
         state = await ctx.store.get_round(round_id)
-        failed = int(state["failed_step"]) if "failed_step" in state else None
-        why_not = refusal(step, state.get("status"), failed)
+        why_not = refusal(step, state.status, state.failed_step)
         if why_not is not None:
             raise Rejected(f"round {round_id}: {why_not}")
         key = f"compensated_{step}"

@@ -14,6 +14,7 @@ from schemas.events import NodesSelected, RoundCompleted, RoundFailed, StepCompe
 from schemas.ops import RoundRequested
 from schemas.steps import Step
 from services.runtime import Context, Rejected, Service, compensation, keys, on
+from services.runtime.state import Field
 from services.selector.decisions import (
     COMPENSATION_NUDGE_MS,
     cohort_shortfall,
@@ -39,20 +40,20 @@ async def on_round_requested(request: RoundRequested, ctx: Context) -> None:
     created = await ctx.store.create_round(
         round_id,
         {
-            "status": "running",
-            "step": Step.SELECT,
-            "model_name": request.model_name,
-            "request": body,
-            "request_id": request.msg_id,
-            "iteration": 0,
+            Field.STATUS: "running",
+            Field.STEP: Step.SELECT,
+            Field.MODEL_NAME: request.model_name,
+            Field.REQUEST: body,
+            Field.REQUEST_ID: request.msg_id,
+            Field.ITERATION: 0,
         },
     )
     state = await ctx.store.get_round(round_id)
-    if not created and state.get("request_id") != request.msg_id:
+    if not created and state.request_id != request.msg_id:
         raise Rejected(f"round {round_id} already exists")
     if await ctx.republish(round_id, "selected", NodesSelected) is not None:
         return  # a replay after the cohort was announced
-    if state.get("status") != "running":
+    if not state.running:
         return  # a replay after the round already failed here
     if request.model_version and not await ctx.store.get_version(
         request.model_name, request.model_version
@@ -89,7 +90,8 @@ async def on_round_requested(request: RoundRequested, ctx: Context) -> None:
     examples = {d.device_id: d.num_examples for d in registry}
     cap = example_cap([examples.get(d, 0) for d in cohort], s.example_cap_factor)
     await ctx.store.set_fields(
-        round_id, cohort_size=len(cohort), example_cap=cap, step=Step.DISTRIBUTE
+        round_id,
+        {Field.COHORT_SIZE: len(cohort), Field.EXAMPLE_CAP: cap, Field.STEP: Step.DISTRIBUTE},
     )
     await ctx.emit_once(
         "selected",
@@ -102,9 +104,9 @@ async def on_round_requested(request: RoundRequested, ctx: Context) -> None:
 async def on_timer(round_id: str, tag: str, ctx: Context) -> None:
     """The round's deadline: fail a round still running; nudge one stuck compensating."""
     state = await ctx.store.get_round(round_id)
-    action = deadline_action(state.get("status"))
+    action = deadline_action(state.status)
     if action == "fail":
-        await ctx.fail(round_id, int(state.get("step", Step.SELECT)), "round deadline passed")
+        await ctx.fail(round_id, state.step, "round deadline passed")
     elif action == "nudge":
         await ctx.republish(round_id, "failed", RoundFailed)
         for step in Step:
@@ -127,16 +129,18 @@ async def on_round_completed(event: RoundCompleted, ctx: Context) -> None:
 
 async def on_compensated(event: StepCompensated, ctx: Context) -> None:
     """The last compensation ran: the round has failed cleanly."""
-    await ctx.store.transition(event.round_id, {"status": "compensating"}, {"status": "failed"})
+    await ctx.store.transition(
+        event.round_id, {Field.STATUS: "compensating"}, {Field.STATUS: "failed"}
+    )
     state = await ctx.store.get_round(event.round_id)
-    if state.get("status") == "failed":
+    if state.status == "failed":
         await ctx.emit_once(
             "completed",
             RoundCompleted(
                 round_id=event.round_id,
                 outcome="failed",
-                version=state.get("parent_version") or None,
-                reason=state.get("failure_reason"),
+                version=state.parent_version,
+                reason=state.failure_reason,
             ),
         )
 

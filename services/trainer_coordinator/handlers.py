@@ -22,6 +22,7 @@ from schemas.device import (
 from schemas.events import TrainingCompleted, UpdateReceived, WeightsDistributed
 from schemas.steps import Step
 from services.runtime import Context, Service, compensation, keys, on
+from services.runtime.state import Field, closing_field, deadline_field, training_field
 from services.trainer_coordinator.decisions import (
     DONE,
     TRAINING,
@@ -37,16 +38,18 @@ from services.trainer_coordinator.decisions import (
 async def on_weights_distributed(event: WeightsDistributed, ctx: Context) -> None:
     """Tell every recipient to train this iteration, and arm the deadline."""
     state = await ctx.store.get_round(event.round_id)
-    if state.get("status") != "running" or f"training_{event.iteration}" in state:
+    if not state.running or state.at(event.iteration).training:
         return
-    request = await ctx.store.request_of(event.round_id)
+    request = state.request
     held = await ctx.store.hgetall(keys.held(event.round_id))
     # The deadline is fixed once: a replay re-arms the same one, never a later one.
-    round_key = keys.round_hash(event.round_id)
-    await ctx.store.hsetnx(
-        round_key, f"deadline_{event.iteration}", str(now_ms() + request.iteration_timeout_ms)
+    deadline = int(
+        await ctx.store.set_once(
+            event.round_id,
+            deadline_field(event.iteration),
+            now_ms() + request.iteration_timeout_ms,
+        )
     )
-    deadline = int((await ctx.store.get_round(event.round_id))[f"deadline_{event.iteration}"])
     it_key = keys.iteration(event.round_id, event.iteration)
     for device_id in event.recipients:
         await ctx.store.hsetnx(it_key, device_id, TRAINING)
@@ -63,7 +66,7 @@ async def on_weights_distributed(event: WeightsDistributed, ctx: Context) -> Non
             chaos=request.simulate_failure,
         )
         await ctx.publish(topics.device(topics.DEVICE_CMD, device_id), command)
-    await ctx.store.mark_once(event.round_id, f"training_{event.iteration}")
+    await ctx.store.mark_once(event.round_id, training_field(event.iteration))
 
 
 async def on_update_received(event: UpdateReceived, ctx: Context) -> None:
@@ -96,7 +99,7 @@ async def on_status(status: DeviceStatus, ctx: Context) -> None:
     round_id = await ctx.store.lease_owner(status.device_id)
     if round_id is None:
         return
-    if (await ctx.store.get_round(round_id)).get("status") == "running":
+    if (await ctx.store.get_round(round_id)).running:
         grace = ctx.settings.offline_grace_ms
         await ctx.schedule(round_id, f"offline:{status.device_id}", now_ms() + grace)
 
@@ -104,9 +107,8 @@ async def on_status(status: DeviceStatus, ctx: Context) -> None:
 async def _still_offline(round_id: str, device_id: str, ctx: Context) -> None:
     state = await ctx.store.get_round(round_id)
     status = await ctx.store.device(device_id)
-    if still_offline(state.get("status"), None if status is None else status.state):
-        iteration = int(state.get("iteration", 0))
-        await _mark_failed(round_id, iteration, device_id, FailureReason.WENT_OFFLINE, ctx)
+    if still_offline(state.status, None if status is None else status.state):
+        await _mark_failed(round_id, state.iteration, device_id, FailureReason.WENT_OFFLINE, ctx)
 
 
 async def _mark_failed(
@@ -124,12 +126,13 @@ async def on_connect(ctx: Context) -> None:
     """After (re)connecting: re-arm open deadlines and settle what happened meanwhile."""
     for round_id in await ctx.store.rounds():
         state = await ctx.store.get_round(round_id)
-        it = state.get("iteration", "0")
-        if state.get("status") != "running" or f"training_{it}" not in state:
+        it = state.iteration
+        deadline = state.at(it).deadline_ms
+        if not state.running or not state.at(it).training or deadline is None:
             continue
-        if f"out:closed_{it}" not in state:
-            await ctx.schedule(round_id, f"deadline:{it}", int(state[f"deadline_{it}"]))
-        await close_if_settled(round_id, int(it), ctx)
+        if f"closed_{it}" not in state.outcomes:
+            await ctx.schedule(round_id, f"deadline:{it}", deadline)
+        await close_if_settled(round_id, it, ctx)
 
 
 async def on_timer(round_id: str, tag: str, ctx: Context) -> None:
@@ -156,11 +159,11 @@ async def close_if_settled(
         return
     it_key = keys.iteration(round_id, iteration)
     states = await ctx.store.hgetall(it_key)
-    contributed = set(await ctx.store.smembers(keys.contributors(round_id, iteration)))
+    contributed = await ctx.store.contributors(round_id, iteration)
     if not should_close(states, contributed, deadline_passed=deadline_passed):
         return
-    await ctx.store.hsetnx(keys.round_hash(round_id), f"closing_{iteration}", str(now_ms()))
-    contributed = set(await ctx.store.smembers(keys.contributors(round_id, iteration)))
+    await ctx.store.set_once(round_id, closing_field(iteration), now_ms())
+    contributed = await ctx.store.contributors(round_id, iteration)
     for device_id, state in fence(await ctx.store.hgetall(it_key), contributed).items():
         await ctx.store.hcas(it_key, device_id, TRAINING, state)
     await ctx.store.cancel(ctx.service, round_id, f"deadline:{iteration}")
@@ -178,7 +181,7 @@ async def close_if_settled(
     if judged.reason is not None:
         await ctx.fail(round_id, Step.TRAIN, judged.reason)
         return
-    await ctx.store.set_fields(round_id, step=Step.AGGREGATE)
+    await ctx.store.set_fields(round_id, {Field.STEP: Step.AGGREGATE})
     await ctx.emit_once(
         f"closed_{iteration}",
         TrainingCompleted(
@@ -194,7 +197,7 @@ async def stop_training(round_id: str, ctx: Context) -> str:
     """Compensation: devices still in the round stop training."""
     active = await ctx.store.smembers(keys.active(round_id))
     state = await ctx.store.get_round(round_id)
-    await ctx.store.cancel(ctx.service, round_id, f"deadline:{state.get('iteration', 0)}")
+    await ctx.store.cancel(ctx.service, round_id, f"deadline:{state.iteration}")
     for device_id in active:
         await ctx.publish(
             topics.device(topics.DEVICE_CMD, device_id),

@@ -21,7 +21,8 @@ from federated.model import predict
 from federated.params import Params
 from schemas.events import ModelAggregated, ModelValidated
 from schemas.steps import Step
-from services.runtime import Context, Rejected, Service, compensation, keys, on
+from services.runtime import Context, Rejected, Service, compensation, on
+from services.runtime.state import Field
 from services.validator.decisions import first_candidate, validation_failure
 
 
@@ -47,22 +48,22 @@ async def on_model_aggregated(event: ModelAggregated, ctx: Context) -> None:
     if await ctx.republish(round_id, "validated", ModelValidated) is not None:
         return
     state = await ctx.store.get_round(round_id)
-    if state.get("status") != "running":
+    if not state.running:
         return
-    if event.digest != state.get("candidate_digest"):
+    if event.digest != state.candidate_digest:
         raise Rejected(f"{event.digest} is not round {round_id}'s candidate")
-    request = await ctx.store.request_of(round_id)
+    request = state.request
     params = await ctx.store.get_params(event.digest)
     if params is None:
         await ctx.fail(round_id, Step.VALIDATE, f"candidate {event.digest} is missing")
         return
     s = ctx.settings
     metrics = evaluate(params, s.data_seed, s.holdout_fraction)
-    parent = state.get("parent_version") or None
+    parent = state.parent_version
     if parent:
         record = await ctx.store.get_version(request.model_name, parent)
         metrics["parent_accuracy"] = json.loads(record.get("metrics", "{}")).get("accuracy", 0.0)
-    await ctx.store.set_fields(round_id, metrics=json.dumps(metrics))
+    await ctx.store.set_fields(round_id, {Field.METRICS: json.dumps(metrics)})
     failure = validation_failure(
         metrics["accuracy"],
         request.target_accuracy,
@@ -82,7 +83,7 @@ async def on_model_aggregated(event: ModelAggregated, ctx: Context) -> None:
     }
     version = await claim_version(request.model_name, parent, round_id, record, ctx)
     await ctx.store.persist_params(event.digest)
-    await ctx.store.set_fields(round_id, step=Step.DEPLOY)
+    await ctx.store.set_fields(round_id, {Field.STEP: Step.DEPLOY})
     await ctx.emit_once(
         "validated",
         ModelValidated(
@@ -109,31 +110,24 @@ async def claim_version(
         candidate = candidate.next_minor()  # a concurrent round took it
     version = str(candidate)
     await ctx.store.register_version(model, version, record)
-    await ctx.store.hsetnx(keys.round_hash(round_id), "candidate_version", version)
+    await ctx.store.set_once(round_id, Field.CANDIDATE_VERSION, version)
     return version
 
 
 async def record_failure(round_id: str, ctx: Context) -> str:
     """Compensation: record why validation (or a later step) rejected the candidate."""
     state = await ctx.store.get_round(round_id)
-    metrics = state.get("metrics", "{}")
     record = json.dumps(
-        {
-            "reason": state.get("failure_reason"),
-            "step": state.get("failed_step"),
-            "metrics": json.loads(metrics),
-        }
+        {"reason": state.failure_reason, "step": state.failed_step, "metrics": state.metrics}
     )
-    await ctx.store.set_fields(round_id, validation_failure=record)
-    version = state.get("candidate_version")
+    await ctx.store.set_fields(round_id, {Field.VALIDATION_FAILURE: record})
+    version = state.candidate_version
     if version:
         # A rollout that failed is recorded by the deployer as rolled_back; keep that.
-        current = (await ctx.store.get_version(state["model_name"], version)).get("status")
+        current = (await ctx.store.get_version(state.model_name, version)).get("status")
         status = "rejected" if current == "validated" else current or "rejected"
-        await ctx.store.update_version(
-            state["model_name"], version, status=status, rejection=record
-        )
-    return f"recorded validation failure (metrics {metrics})"
+        await ctx.store.update_version(state.model_name, version, status=status, rejection=record)
+    return f"recorded validation failure (metrics {json.dumps(state.metrics)})"
 
 
 async def warm_up(ctx: Context) -> None:

@@ -201,7 +201,7 @@ async def test_events_repeated_mid_round_neither_reset_nor_double_step_it(
         await probe.wait_for(f"fl/round/{rid}/iteration_completed", timeout=30)
         selected = decode(probe.on(f"fl/round/{rid}/nodes_selected")[0], NodesSelected)
         closed = decode(probe.on(f"fl/round/{rid}/training_completed")[0], TrainingCompleted)
-        start = (await saga.store.get_round(rid))["start_digest"]
+        start = (await saga.store.get_round(rid)).start_digest
 
         # Execute: copies with new ids (a producer's replay), and an exact redelivery
         for event in (selected, closed):
@@ -219,8 +219,8 @@ async def test_events_repeated_mid_round_neither_reset_nor_double_step_it(
         assert kinds.count("iteration.completed") == 2
         assert kinds.count("model.aggregated") == 1
         state = await saga.store.get_round(rid)
-        assert state["start_digest"] == start == state["base_0"]
+        assert state.start_digest == start == state.at(0).base
         stepped = [e for e in await saga.store.events(rid) if e["kind"] == "iteration.completed"]
-        assert [state["base_1"], state["base_2"]] == [e["global_digest"] for e in stepped]
+        assert [state.at(1).base, state.at(2).base] == [e["global_digest"] for e in stepped]
     finally:
         await fleet.__aexit__(None, None, None)

@@ -31,6 +31,7 @@ from schemas.errors import DecodeError
 from schemas.events import RoundFailed, SagaEvent
 from schemas.steps import Step
 from services.runtime import keys
+from services.runtime.state import Field
 from tests.integration.conftest import request, start_fleet
 
 MODEL = "digits-mlp"
@@ -321,8 +322,8 @@ async def _fail_silently(saga: FedSaga, round_id: str, step: int, reason: str) -
     audit-log entry), as a service that died right before publishing would leave it."""
     moved = await saga.store.transition(
         round_id,
-        {"status": "running"},
-        {"status": "compensating", "failed_step": step, "failure_reason": reason},
+        {Field.STATUS: "running"},
+        {Field.STATUS: "compensating", Field.FAILED_STEP: step, Field.FAILURE_REASON: reason},
     )
     assert moved, await saga.store.get_round(round_id)
     failed = RoundFailed(round_id=round_id, step=step, reason=reason)
@@ -370,7 +371,7 @@ async def test_a_compensation_whose_round_failed_was_lost_is_driven_by_the_deadl
             # DEPLOY, longer than a canary stage's 5 s timeout).
             await asyncio.sleep(6.0 if step == Step.DEPLOY else 2.0)
             state = await saga.store.get_round(rid)
-            assert state["status"] == "compensating"
+            assert state.status == "compensating"
             assert watcher.kinds("round.failed", rid) == []
             assert watcher.kinds("step.compensated", rid) == []
 
@@ -394,7 +395,7 @@ async def test_a_compensation_whose_round_failed_was_lost_is_driven_by_the_deadl
             await eventually(lambda: no_leases(saga, fleet))
             await eventually(lambda: no_rollout_lock(saga))
             assert await saga.store.active_version(MODEL) is None
-            version = state.get("candidate_version")
+            version = state.candidate_version
             if version:
                 record = await saga.store.get_version(MODEL, version)
                 assert record["status"] in {"rolled_back", "rejected"}, record
@@ -451,7 +452,7 @@ async def test_a_device_claiming_a_billion_examples_cannot_dominate_fedavg(
     assert result.participation["participants_per_iteration"] == [len(cohort)] * 3
     cap = math.ceil(4 * statistics.median([*honest.values(), BILLION]))
     state = await saga.store.get_round(req.round_id)
-    assert int(state["example_cap"]) == cap
+    assert state.example_cap == cap
     events = await saga.store.events(req.round_id)
     received = [e for e in events if e["kind"] == "update.received"]
     assert any(e["num_examples"] == BILLION for e in received)  # the claim did reach it

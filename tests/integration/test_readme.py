@@ -110,7 +110,7 @@ async def test_round_commands_work_as_written(
     pub = await run_(readme("mosquitto_pub"))
     assert pub.returncode == 0, pub.stderr
     deadline = time.monotonic() + 20
-    while not await saga.store.get_round("r2"):
+    while not (await saga.store.get_round("r2")).exists:
         assert time.monotonic() < deadline, "mosquitto_pub's round never started"
         await asyncio.sleep(0.1)
 

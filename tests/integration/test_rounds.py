@@ -65,7 +65,7 @@ async def test_happy_path_deploys_a_new_version_through_every_canary_stage(
     record = await saga.store.get_version("digits-mlp", "1.0.0")
     assert record["status"] == "deployed"
     assert record["round_id"] == req.round_id
-    assert record["digest"] == (await saga.store.get_round(req.round_id))["candidate_digest"]
+    assert record["digest"] == (await saga.store.get_round(req.round_id)).candidate_digest
     stages = [
         e for e in await saga.store.events(req.round_id) if e["kind"] == "canary.stage_passed"
     ]
@@ -146,7 +146,7 @@ async def test_validation_failure_compensates_every_step_and_keeps_the_old_versi
     assert "below target" in (result.failure_reason or "")
     assert result.versions["active"] is None
     state = await saga.store.get_round(result.round_id)
-    assert "accuracy" in state["validation_failure"]
+    assert "accuracy" in (state.validation_failure or "")
     assert not await saga.store.redis.exists(keys.accumulator(result.round_id, 2))
 
 

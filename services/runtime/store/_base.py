@@ -107,13 +107,15 @@ def stream_entries(reply: StreamReply) -> list[tuple[bytes, dict[bytes, bytes]]]
     return [(raw(entry_id), raw_hash(fields)) for entry_id, fields in reply or []]
 
 
+S = TypeVar("S", bound=str)  # a field name: plain text or a StrEnum member
+
 # -- arguments -------------------------------------------------------------------------------
 
 
-def plain(fields: Mapping[str, Any]) -> dict[FieldT, EncodableT]:
-    """Hash fields as Redis-native values."""
+def plain(fields: Mapping[S, Any]) -> dict[FieldT, EncodableT]:
+    """Hash fields as Redis-native values (enum names and values as their plain str/int)."""
     # IntEnum members would be written as their repr by redis-py on Python 3.11.
-    return {k: int(v) if isinstance(v, int) else v for k, v in fields.items()}
+    return {str(k): int(v) if isinstance(v, int) else v for k, v in fields.items()}
 
 
 def hash_fields(fields: Mapping[str, str | int]) -> dict[FieldT, EncodableT]:

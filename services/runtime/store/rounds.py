@@ -17,12 +17,14 @@ from schemas.events import Event
 from schemas.ops import RoundRequested
 from services.runtime import keys
 from services.runtime.errors import SagaConflict, StaleRound
+from services.runtime.state import Field, RoundState, outcome_field
 from services.runtime.store._base import (
     StoreBase,
     hash_fields,
     plain,
     s,
     stream_entries,
+    text,
     text_hash,
     texts,
 )
@@ -41,10 +43,10 @@ _WATCH_RETRIES = 20
 class RoundStore(StoreBase):
     """A round's state, its log of events and the keys scoped to it."""
 
-    async def create_round(self, round_id: str, fields: Mapping[str, str | int]) -> bool:
+    async def create_round(self, round_id: str, fields: Mapping[Field, str | int]) -> bool:
         """Create the round hash unless it exists; True when this call created it."""
         key = keys.round_hash(round_id)
-        created = await self.redis.hsetnx(key, "created_ms", now_ms())
+        created = await self.redis.hsetnx(key, Field.CREATED_MS, now_ms())
         if not created:
             return False
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -54,19 +56,21 @@ class RoundStore(StoreBase):
             await pipe.execute()
         return True
 
-    async def get_round(self, round_id: str) -> dict[str, str]:
-        """The round hash as strings (empty when the round is unknown)."""
-        return text_hash(await self.redis.hgetall(keys.round_hash(round_id)))
+    async def get_round(self, round_id: str) -> RoundState:
+        """The round's state (status "unknown" when there is no such round)."""
+        return RoundState.from_hash(
+            round_id, text_hash(await self.redis.hgetall(keys.round_hash(round_id)))
+        )
 
     async def request_of(self, round_id: str) -> RoundRequested:
         """The round's request, as the selector accepted it."""
-        raw = await self.redis.hget(keys.round_hash(round_id), "request")
+        raw = await self.redis.hget(keys.round_hash(round_id), Field.REQUEST)
         if raw is None:
             raise StaleRound(f"round {round_id} is unknown")
         return RoundRequested.model_validate_json(raw)
 
     async def transition(
-        self, round_id: str, expect: Mapping[str, str | None], updates: Mapping[str, str | int]
+        self, round_id: str, expect: Mapping[Field, str | None], updates: Mapping[Field, str | int]
     ) -> bool:
         """Apply `updates` if every field in `expect` has that value (None: absent)."""
         key = keys.round_hash(round_id)
@@ -78,7 +82,7 @@ class RoundStore(StoreBase):
                     if not current or any(current.get(f) != v for f, v in expect.items()):
                         return False
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
-                    pipe.hset(key, mapping={**plain(updates), "updated_ms": now_ms()})
+                    pipe.hset(key, mapping={**plain(updates), Field.UPDATED_MS: now_ms()})
                     await pipe.execute()
                     return True
                 except WatchError:
@@ -90,7 +94,7 @@ class RoundStore(StoreBase):
 
         Returns the recorded event (ours or the earlier one) and whether ours was recorded.
         """
-        field = f"out:{key}"
+        field = outcome_field(key)
         first = await self.hsetnx(keys.round_hash(round_id), field, event.model_dump_json())
         if first:
             return event, True
@@ -100,18 +104,34 @@ class RoundStore(StoreBase):
 
     async def outcome(self, round_id: str, key: str, model: type[E]) -> E | None:
         """The event recorded as the round's outcome `key`, if any."""
-        raw = await self.redis.hget(keys.round_hash(round_id), f"out:{key}")
+        raw = await self.redis.hget(keys.round_hash(round_id), outcome_field(key))
         return model.model_validate_json(raw) if raw else None
 
-    async def set_fields(self, round_id: str, **fields: str | int) -> None:
-        """Set round fields unconditionally (for values only one step writes)."""
+    async def set_fields(self, round_id: str, fields: Mapping[str, str | int]) -> None:
+        """Set round fields unconditionally (for values only one step writes).
+
+        Name them with `state.Field` or the field templates of `services/runtime/state.py`.
+        """
         await self.redis.hset(keys.round_hash(round_id), mapping=plain(fields))
+
+    async def set_once(self, round_id: str, field: str, value: str | int) -> str:
+        """Set a round field unless it is set; returns the value that stands (ours or earlier).
+
+        For values fixed once, such as a pinned digest or a deadline: a replay gets the
+        first value back instead of moving it.
+        """
+        key = keys.round_hash(round_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, field, value)
+            pipe.hget(key, field)
+            _, standing = await pipe.execute()
+        return text(standing)
 
     async def mark_once(self, round_id: str, flag: str) -> bool:
         """Set a one-shot flag on the round; True the first time only."""
         return bool(await self.redis.hsetnx(keys.round_hash(round_id), flag, now_ms()))
 
-    async def incr(self, round_id: str, field: str, amount: int = 1) -> int:
+    async def incr(self, round_id: str, field: Field, amount: int = 1) -> int:
         """Add to a round counter."""
         return int(await self.redis.hincrby(keys.round_hash(round_id), field, amount))
 

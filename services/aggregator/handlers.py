@@ -10,10 +10,11 @@ What it decides is in `decisions.py`, free of I/O; these handlers read, call it 
 
 from __future__ import annotations
 
+import hashlib
+
 from federated.errors import NumericsError, PayloadError
-from federated.params import add, check_finite, flatten, spec_of, unflatten
+from federated.params import Params, add, check_finite, flatten, spec_of, unflatten
 from federated.payload import PayloadLimits, read_payload
-from schemas import topics
 from schemas.device import DeviceUpdate
 from schemas.events import (
     IterationCompleted,
@@ -24,7 +25,7 @@ from schemas.events import (
 from schemas.steps import Step
 from services.aggregator.decisions import Refusal, check_payload, check_update, fedavg_weight
 from services.runtime import Context, Rejected, Service, StaleRound, compensation, keys, on
-from services.runtime.state import Field
+from services.runtime.state import Field, RoundState
 
 _RETRIES = 50
 
@@ -32,22 +33,57 @@ _RETRIES = 50
 async def on_update(update: DeviceUpdate, ctx: Context) -> None:
     """Validate a device's update and fold it into the iteration's running FedAvg."""
     ctx.check_device(update.device_id)
-    round_id, it = update.round_id, update.iteration
-    state = await ctx.store.get_round(round_id)
-    held = await ctx.store.hget(keys.held(round_id), update.device_id)
-    registered = await ctx.store.device(update.device_id)
-    _refuse(
-        check_update(
-            update,
-            round_status=state.status,
-            selected=await ctx.store.sismember(keys.cohort(round_id), update.device_id),
-            current_iteration=state.iteration if state.exists else None,
-            closing=state.at(it).closing,
-            held_digest=held,
-            registered_examples=None if registered is None else registered.num_examples,
+    state = await check_sender(update, ctx)
+    delta = await decoded_delta(update, state, ctx)
+    weight = fedavg_weight(update.num_examples, state.example_cap)
+    try:
+        added = await ctx.store.fold_update(
+            update.round_id,
+            update.iteration,
+            update.device_id,
+            flatten(delta),
+            weight,
+            payload_bytes=len(update.blob),
+        )
+    except NumericsError as exc:
+        raise Rejected(f"update rejected: {exc}") from exc
+    if not added:
+        ctx.log.info("update already aggregated", device_id=update.device_id)
+    # Announced whether folded now or before (a replay after a crash, a retransmission): the
+    # event's msg_id is per device and iteration, so it is logged once and dropped as a
+    # duplicate by whoever already has it.
+    await ctx.emit(
+        UpdateReceived(
+            msg_id=received_id(update.round_id, update.iteration, update.device_id),
+            round_id=update.round_id,
+            iteration=update.iteration,
+            device_id=update.device_id,
+            num_examples=update.num_examples,
         )
     )
-    base = state.at(it).base
+
+
+async def check_sender(update: DeviceUpdate, ctx: Context) -> RoundState:
+    """Refuse an update its sender had no business sending (decisions.check_update)."""
+    round_id, device_id = update.round_id, update.device_id
+    state = await ctx.store.get_round(round_id)
+    registered = await ctx.store.device(device_id)
+    refusal = check_update(
+        update,
+        round_status=state.status,
+        selected=await ctx.store.sismember(keys.cohort(round_id), device_id),
+        current_iteration=state.iteration if state.exists else None,
+        closing=state.at(update.iteration).closing,
+        held_digest=await ctx.store.hget(keys.held(round_id), device_id),
+        registered_examples=None if registered is None else registered.num_examples,
+    )
+    _refuse(refusal)
+    return state
+
+
+async def decoded_delta(update: DeviceUpdate, state: RoundState, ctx: Context) -> Params:
+    """The update's delta, decoded within its own size and checked against the model."""
+    base = state.at(update.iteration).base
     global_params = None if base is None else await ctx.store.get_params(base)
     if global_params is None:
         raise Rejected("global model missing")
@@ -63,27 +99,13 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
             model_spec=spec_of(global_params),
         )
     )
-    weight = fedavg_weight(update.num_examples, state.example_cap)
-    try:
-        added = await ctx.store.fold_update(
-            round_id, it, update.device_id, flatten(payload.delta), weight
-        )
-    except NumericsError as exc:
-        raise Rejected(f"update rejected: {exc}") from exc
-    received = UpdateReceived(
-        round_id=round_id,
-        iteration=it,
-        device_id=update.device_id,
-        num_examples=update.num_examples,
-    )
-    if not added:
-        # Already in the sum; announce it again in case the first announcement was lost
-        # (the coordinator's compare-and-set makes a repeat harmless).
-        await ctx.publish(topics.round_event(round_id, UpdateReceived.topic_name), received)
-        return
-    await ctx.store.incr(round_id, Field.BYTES_UP, len(update.blob))
-    await ctx.store.incr(round_id, Field.PAYLOADS_UP, 1)
-    await ctx.emit(received)
+    return payload.delta
+
+
+def received_id(round_id: str, it: int, device_id: str) -> str:
+    """The msg_id of the UpdateReceived for a device's update in an iteration."""
+    key = f"update.received|{round_id}|{it}|{device_id}".encode()
+    return hashlib.sha256(key).hexdigest()[:32]
 
 
 def _refuse(refusal: Refusal | None) -> None:

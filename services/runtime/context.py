@@ -51,10 +51,10 @@ class Context:
         await self.client.publish(topic, encode(message), qos=1, retain=retain)
 
     async def emit(self, event: Event) -> None:
-        """Append a saga event to its round's log, then publish it (for repeatable events)."""
-        await self.store.append_event(event.round_id, self.service, event)
+        """Append a saga event to its round's log (once per msg_id), then publish it."""
+        if await self.store.append_event(event.round_id, self.service, event):
+            log.info("emitted", kind=event.kind, round_id=event.round_id)
         await self.publish(topic_of(event), event)
-        log.info("emitted", kind=event.kind, round_id=event.round_id)
 
     async def emit_once(self, key: str, event: E) -> E:
         """Record `event` as the round's outcome `key` and publish the recorded event.

@@ -17,6 +17,11 @@ def round_events(round_id: str) -> str:
     return f"{PREFIX}:round:{{{round_id}}}:events"
 
 
+def round_logged(round_id: str) -> str:
+    """Set: msg_ids already in the round's audit log (each event is logged once)."""
+    return f"{PREFIX}:round:{{{round_id}}}:logged"
+
+
 def cohort(round_id: str) -> str:
     """Set: devices leased for the round."""
     return f"{PREFIX}:round:{{{round_id}}}:cohort"

@@ -13,6 +13,7 @@ from redis.exceptions import WatchError
 from federated.aggregate import FedAvgAccumulator
 from services.runtime import keys
 from services.runtime.errors import SagaConflict, StaleRound
+from services.runtime.state import Field
 from services.runtime.store._base import StoreBase, raw_opt, texts
 
 _WATCH_RETRIES = 50
@@ -22,9 +23,20 @@ class AggregateStore(StoreBase):
     """Running sums per iteration, and who is in them."""
 
     async def fold_update(
-        self, round_id: str, it: int, device_id: str, delta: np.ndarray, weight: int
+        self,
+        round_id: str,
+        it: int,
+        device_id: str,
+        delta: np.ndarray,
+        weight: int,
+        *,
+        payload_bytes: int,
     ) -> bool:
-        """Add one weighted update to the iteration's sum; False if the device is in it."""
+        """Add one weighted update to the iteration's sum; False if the device is in it.
+
+        The round's uplink counters move in the same transaction, so they count each update
+        exactly once too.
+        """
         acc_key, contrib_key = keys.accumulator(round_id, it), keys.contributors(round_id, it)
         round_key, it_key = keys.round_hash(round_id), keys.iteration(round_id, it)
         for _ in range(_WATCH_RETRIES):
@@ -44,6 +56,8 @@ class AggregateStore(StoreBase):
                     pipe.set(acc_key, acc.to_bytes(), ex=self.ttl_s)
                     pipe.sadd(contrib_key, device_id)
                     pipe.expire(contrib_key, self.ttl_s)
+                    pipe.hincrby(round_key, Field.BYTES_UP, payload_bytes)
+                    pipe.hincrby(round_key, Field.PAYLOADS_UP, 1)
                     await pipe.execute()
                     return True
                 except WatchError:

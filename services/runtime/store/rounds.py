@@ -15,6 +15,7 @@ from redis.exceptions import WatchError
 from schemas.base import now_ms
 from schemas.events import Event
 from schemas.ops import RoundRequested
+from schemas.steps import Step
 from services.runtime import keys
 from services.runtime.errors import SagaConflict, StaleRound
 from services.runtime.state import Field, RoundState, outcome_field
@@ -37,18 +38,35 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
 end
 return 0
 """
+# The audit log and the msg_ids in it share the round's hash tag (one slot on a cluster).
+_APPEND_ONCE = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('XADD', KEYS[1], '*', 'kind', ARGV[3], 'service', ARGV[4], 'event', ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
 _WATCH_RETRIES = 20
 
 
 class RoundStore(StoreBase):
     """A round's state, its log of events and the keys scoped to it."""
 
-    async def create_round(self, round_id: str, fields: Mapping[Field, str | int]) -> bool:
-        """Create the round hash unless it exists; True when this call created it."""
+    async def create_round(self, request: RoundRequested) -> bool:
+        """Create the round for a request unless it exists; True when this call created it."""
+        round_id = request.round_id
         key = keys.round_hash(round_id)
         created = await self.redis.hsetnx(key, Field.CREATED_MS, now_ms())
         if not created:
             return False
+        fields: dict[Field, str | int] = {
+            Field.STATUS: "running",
+            Field.STEP: Step.SELECT,
+            Field.MODEL_NAME: request.model_name,
+            Field.REQUEST: request.model_dump_json(),
+            Field.REQUEST_ID: request.msg_id,
+            Field.ITERATION: 0,
+        }
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=plain(fields))
             pipe.expire(key, self.ttl_s)
@@ -135,14 +153,20 @@ class RoundStore(StoreBase):
         """Add to a round counter."""
         return int(await self.redis.hincrby(keys.round_hash(round_id), field, amount))
 
-    async def append_event(self, round_id: str, service: str, event: Event) -> None:
-        """Append an event to the round's audit log (bulky fields left out)."""
-        body = event.model_dump(mode="json", exclude={"request", "blob"})
-        key = keys.round_events(round_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(key, {"kind": event.kind, "service": service, "event": json.dumps(body)})
-            pipe.expire(key, self.ttl_s)
-            await pipe.execute()
+    async def append_event(self, round_id: str, service: str, event: Event) -> bool:
+        """Append an event to the round's audit log once per msg_id (bulky fields left out).
+
+        Idempotent: the client retries a command whose connection broke, and a handler may
+        run again after a crash, so an entry is keyed by the event's msg_id. True when this
+        call appended it.
+        """
+        body = json.dumps(event.model_dump(mode="json", exclude={"request", "blob"}))
+        script = self.script(_APPEND_ONCE)
+        added = await script(
+            keys=[keys.round_events(round_id), keys.round_logged(round_id)],
+            args=[event.msg_id, self.ttl_s, event.kind, service, body],
+        )
+        return bool(added)
 
     async def events(self, round_id: str) -> list[dict[str, Any]]:
         """The round's audit log, oldest first."""

@@ -34,20 +34,9 @@ async def on_status(status: DeviceStatus, ctx: Context) -> None:
 
 
 async def on_round_requested(request: RoundRequested, ctx: Context) -> None:
-    """Create the round, select and lease a cohort, and emit NodesSelected."""
+    """Create the round, then select, lease and announce its cohort."""
     round_id = request.round_id
-    body = request.model_dump_json()
-    created = await ctx.store.create_round(
-        round_id,
-        {
-            Field.STATUS: "running",
-            Field.STEP: Step.SELECT,
-            Field.MODEL_NAME: request.model_name,
-            Field.REQUEST: body,
-            Field.REQUEST_ID: request.msg_id,
-            Field.ITERATION: 0,
-        },
-    )
+    created = await ctx.store.create_round(request)
     state = await ctx.store.get_round(round_id)
     if not created and state.request_id != request.msg_id:
         raise Rejected(f"round {round_id} already exists")
@@ -55,33 +44,24 @@ async def on_round_requested(request: RoundRequested, ctx: Context) -> None:
         return  # a replay after the cohort was announced
     if not state.running:
         return  # a replay after the round already failed here
-    if request.model_version and not await ctx.store.get_version(
-        request.model_name, request.model_version
-    ):
-        await ctx.fail(
-            round_id,
-            Step.SELECT,
-            f"model {request.model_name} has no version {request.model_version}",
-        )
+    version = request.model_version
+    if version and not await ctx.store.get_version(request.model_name, version):
+        reason = f"model {request.model_name} has no version {version}"
+        await ctx.fail(round_id, Step.SELECT, reason)
         return
+    await select(request, ctx)
 
+
+async def select(request: RoundRequested, ctx: Context) -> None:
+    """Lease the best-ranked eligible devices, fail short of the minimum, else announce them."""
     s = ctx.settings
+    round_id = request.round_id
     budget_ms = round_budget_ms(request, s.canary_stages, s.canary_timeout_ms)
     now = now_ms()
     await ctx.store.forget_devices(now - s.key_ttl_s * 1000)
     registry = await ctx.store.devices(seen_since_ms=now - s.device_fresh_ms)
-    candidates = rank([s for s in registry if eligible(s)], request.seed)
-    # A replay keeps the cohort it leased before; leasing is idempotent per round.
-    cohort = await ctx.store.smembers(keys.cohort(round_id))
-    for status in candidates:
-        if len(cohort) >= request.cohort_size:
-            break
-        if status.device_id not in cohort and await ctx.store.lease(
-            status.device_id, round_id, lease_ms(budget_ms)
-        ):
-            cohort.append(status.device_id)
-            await ctx.store.sadd(keys.cohort(round_id), status.device_id)
-    await ctx.store.sadd(keys.active(round_id), *cohort)
+    candidates = rank([d for d in registry if eligible(d)], request.seed)
+    cohort = await lease_cohort(request, candidates, lease_ms(budget_ms), ctx)
     shortfall = cohort_shortfall(len(cohort), len(registry), request.min_participating_nodes)
     if shortfall is not None:
         await ctx.fail(round_id, Step.SELECT, shortfall)
@@ -93,12 +73,27 @@ async def on_round_requested(request: RoundRequested, ctx: Context) -> None:
         round_id,
         {Field.COHORT_SIZE: len(cohort), Field.EXAMPLE_CAP: cap, Field.STEP: Step.DISTRIBUTE},
     )
-    await ctx.emit_once(
-        "selected",
-        NodesSelected(
-            round_id=round_id, request=request, cohort=sorted(cohort), eligible=len(candidates)
-        ),
+    selected = NodesSelected(
+        round_id=round_id, request=request, cohort=sorted(cohort), eligible=len(candidates)
     )
+    await ctx.emit_once("selected", selected)
+
+
+async def lease_cohort(
+    request: RoundRequested, candidates: list[DeviceStatus], ttl_ms: int, ctx: Context
+) -> list[str]:
+    """Lease candidates in order until the cohort is full; a replay keeps what it leased."""
+    round_id = request.round_id
+    cohort = await ctx.store.smembers(keys.cohort(round_id))
+    for status in candidates:
+        if len(cohort) >= request.cohort_size:
+            break
+        device_id = status.device_id
+        if device_id not in cohort and await ctx.store.lease(device_id, round_id, ttl_ms):
+            cohort.append(device_id)
+            await ctx.store.sadd(keys.cohort(round_id), device_id)
+    await ctx.store.sadd(keys.active(round_id), *cohort)
+    return cohort
 
 
 async def on_timer(round_id: str, tag: str, ctx: Context) -> None:

@@ -22,7 +22,7 @@ from federated.params import Params
 from schemas.events import ModelAggregated, ModelValidated
 from schemas.steps import Step
 from services.runtime import Context, Rejected, Service, compensation, on
-from services.runtime.state import Field
+from services.runtime.state import Field, RoundState
 from services.validator.decisions import first_candidate, validation_failure
 
 
@@ -52,48 +52,57 @@ async def on_model_aggregated(event: ModelAggregated, ctx: Context) -> None:
         return
     if event.digest != state.candidate_digest:
         raise Rejected(f"{event.digest} is not round {round_id}'s candidate")
-    request = state.request
     params = await ctx.store.get_params(event.digest)
     if params is None:
         await ctx.fail(round_id, Step.VALIDATE, f"candidate {event.digest} is missing")
         return
-    s = ctx.settings
-    metrics = evaluate(params, s.data_seed, s.holdout_fraction)
-    parent = state.parent_version
-    if parent:
-        record = await ctx.store.get_version(request.model_name, parent)
-        metrics["parent_accuracy"] = json.loads(record.get("metrics", "{}")).get("accuracy", 0.0)
-    await ctx.store.set_fields(round_id, {Field.METRICS: json.dumps(metrics)})
+    metrics = await score(params, state, ctx)
     failure = validation_failure(
         metrics["accuracy"],
-        request.target_accuracy,
-        parent=parent,
+        state.request.target_accuracy,
+        parent=state.parent_version,
         parent_accuracy=metrics.get("parent_accuracy", 0.0),
-        max_regression=s.max_regression,
+        max_regression=ctx.settings.max_regression,
     )
     if failure is not None:
         await ctx.fail(round_id, Step.VALIDATE, failure)
         return
+    version = await register(event.digest, metrics, state, ctx)
+    await ctx.store.set_fields(round_id, {Field.STEP: Step.DEPLOY})
+    validated = ModelValidated(
+        round_id=round_id,
+        digest=event.digest,
+        version=version,
+        parent_version=state.parent_version,
+        metrics=metrics,
+    )
+    await ctx.emit_once("validated", validated)
+
+
+async def score(params: Params, state: RoundState, ctx: Context) -> dict[str, float]:
+    """The candidate's holdout metrics, with its parent's accuracy; recorded on the round."""
+    metrics = evaluate(params, ctx.settings.data_seed, ctx.settings.holdout_fraction)
+    if state.parent_version:
+        record = await ctx.store.get_version(state.model_name, state.parent_version)
+        metrics["parent_accuracy"] = json.loads(record.get("metrics", "{}")).get("accuracy", 0.0)
+    await ctx.store.set_fields(state.round_id, {Field.METRICS: json.dumps(metrics)})
+    return metrics
+
+
+async def register(digest: str, metrics: dict[str, float], state: RoundState, ctx: Context) -> str:
+    """Give the candidate its version in the registry and keep its weights for good."""
     record = {
-        "parent": parent or "",
-        "round_id": round_id,
-        "digest": event.digest,
+        "parent": state.parent_version or "",
+        "round_id": state.round_id,
+        "digest": digest,
         "metrics": json.dumps(metrics),
         "status": "validated",
     }
-    version = await claim_version(request.model_name, parent, round_id, record, ctx)
-    await ctx.store.persist_params(event.digest)
-    await ctx.store.set_fields(round_id, {Field.STEP: Step.DEPLOY})
-    await ctx.emit_once(
-        "validated",
-        ModelValidated(
-            round_id=round_id,
-            digest=event.digest,
-            version=version,
-            parent_version=parent,
-            metrics=metrics,
-        ),
+    version = await claim_version(
+        state.model_name, state.parent_version, state.round_id, record, ctx
     )
+    await ctx.store.persist_params(digest)
+    return version
 
 
 async def claim_version(

@@ -25,7 +25,7 @@ from edge_client.fleet import Fleet
 from fedsaga.client import FedSaga
 from schemas import topics
 from schemas.base import now_ms
-from schemas.codec import decode
+from schemas.codec import decode, encode
 from schemas.device import DeviceCommand, DeviceReport, DeviceStatus, DeviceUpdate
 from schemas.errors import DecodeError
 from schemas.events import RoundFailed, SagaEvent
@@ -464,3 +464,94 @@ async def test_a_device_claiming_a_billion_examples_cannot_dominate_fedavg(
     # the liar weighs at most a few typical devices' worth
     assert cap <= 4 * max(honest.values())
     await eventually(lambda: no_leases(saga, fleet))
+
+
+# -- 5. a validator killed after claiming a version ---------------------------------------------
+
+
+async def test_a_version_claimed_by_a_validator_that_died_is_completed_not_skipped(
+    stack: LocalStack, saga: FedSaga, fleet: Fleet
+) -> None:
+    # Prepare: the validator is paused until the candidate is aggregated; then its claim of
+    # 1.0.0 is written as a validator that died right after claiming would have left it:
+    # the number owned by the round, no record, no index entry, no round field.
+    validator = stack.services["validator"]
+    req = request()
+    rid = req.round_id
+    aggregated = asyncio.Event()
+    try:
+        async with asyncio.timeout(60), watching(stack) as watcher:
+
+            def trigger(item: Seen) -> None:
+                o = item.obj
+                if getattr(o, "round_id", None) == rid and o.kind == "model.aggregated":
+                    aggregated.set()
+
+            watcher.trigger = trigger
+            validator.pause()
+            task = asyncio.create_task(saga.run(req, timeout=50))
+            await aggregated.wait()
+            assert await saga.store.claim_version(MODEL, "1.0.0", rid) == rid
+            assert await saga.store.versions(MODEL) == []
+
+            # Execute: the validator comes back (as a restarted one replaying its journal)
+            validator.resume()
+            result = await task
+    finally:
+        validator.resume()
+
+    # Assert: the round keeps the number it claimed, and its record is whole
+    assert result.status == "succeeded", result.failure_reason
+    assert result.versions["candidate"] == "1.0.0"
+    assert await saga.store.versions(MODEL) == ["1.0.0"]
+    record = await saga.store.get_version(MODEL, "1.0.0")
+    assert record["round_id"] == rid
+    assert record["status"] == "deployed"
+    assert record["digest"] == (await saga.store.get_round(rid)).candidate_digest
+    assert "accuracy" in record["metrics"]
+
+
+# -- 6. a registry that forgets ----------------------------------------------------------------
+
+
+async def test_devices_not_heard_from_are_neither_selected_nor_deployed_to_and_then_forgotten(
+    stack: LocalStack, saga: FedSaga, fleet: Fleet
+) -> None:
+    # Prepare: 50 statuses from devices that never held a session (anyone may publish on the
+    # dev broker), then time passes for them: their last word is older than the freshness
+    # window (5 min), and 10 of them older than the registry's TTL (a week).
+    import aiomqtt
+
+    s = stack.settings
+    fakes = [f"ghost-{i:03d}" for i in range(50)]
+    async with aiomqtt.Client(
+        s.mqtt_host, s.mqtt_port, protocol=aiomqtt.ProtocolVersion.V5
+    ) as client:
+        for device_id in fakes:
+            status = DeviceStatus(device_id=device_id, num_examples=100, charging=True)
+            await client.publish(
+                topics.device(topics.DEVICE_STATUS, device_id), encode(status), qos=1
+            )
+
+    async def all_registered() -> bool:
+        return {d.device_id for d in await saga.store.devices()} >= set(fakes)
+
+    await eventually(all_registered)
+    now = now_ms()
+    stale = {d: now - s.device_fresh_ms - 60_000 for d in fakes[10:]}
+    gone = {d: now - s.key_ttl_s * 1000 - 60_000 for d in fakes[:10]}
+    await saga.store.redis.zadd(keys.devices_seen(), {**stale, **gone})
+
+    # Execute: a round that would take up to 60 devices
+    result = await saga.run(request(cohort_size=60), timeout=50)
+
+    # Assert: it ran on the real fleet only, deployed to it only, and forgot the oldest
+    assert result.status == "succeeded", result.failure_reason
+    real = {a.device_id for a in fleet.agents}
+    cohort = set(await saga.store.smembers(keys.cohort(result.round_id)))
+    assert cohort == real
+    deployed = await saga.store.hgetall(keys.deployment(result.round_id))
+    assert set(deployed) <= real
+    registered = {d.device_id for d in await saga.store.devices()}
+    assert registered.isdisjoint(fakes[:10])
+    assert set(fakes[10:]) <= registered

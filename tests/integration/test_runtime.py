@@ -63,8 +63,10 @@ class Harness:
             yield
         finally:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # asyncio.wait, not `await task`: it neither raises the task's cancellation nor
+            # swallows one aimed at this test, and it bounds the wait.
+            done, _ = await asyncio.wait({task}, timeout=15)
+            assert done, "the service did not stop within 15 s of being cancelled"
 
     async def send(self, reason: str) -> ErrorReport:
         """Publish one message for the service (QoS 1)."""

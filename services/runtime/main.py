@@ -5,17 +5,27 @@ import contextlib
 import importlib
 import signal
 
+import structlog
+
+from schemas.steps import STEP_NAMES, Step
 from services.runtime.logging import configure
 from services.runtime.settings import Settings
 
-SERVICES = (
-    "selector",
-    "distributor",
-    "trainer_coordinator",
-    "aggregator",
-    "validator",
-    "deployer",
-)
+log = structlog.get_logger()
+
+# The six services, in saga order: one per step, named once in schemas/steps.py.
+SERVICES = tuple(STEP_NAMES[step] for step in Step)
+
+
+def dump_tasks() -> None:
+    """Log what every asyncio task of this process awaits (`kill -USR1 PID`, for a stuck one)."""
+    for task in asyncio.all_tasks():
+        frames = task.get_stack()
+        where = " <- ".join(
+            f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno})"
+            for f in reversed(frames)
+        )
+        log.warning("task", name=task.get_name(), awaiting=where or "(not started)")
 
 
 def main(name: str) -> None:
@@ -31,6 +41,7 @@ def main(name: str) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 

@@ -28,7 +28,7 @@ PAUSE_S = 27.0
 
 def _log_tail(proc: ServiceProcess, lines: int = 30) -> str:
     """The service's last connection, retry and error lines, to explain a failure."""
-    words = ("serving", "connection lost", "retry", "replay", "error", "dead letter")
+    words = ("serving", "connection lost", "retry", "replay", "error", "dead letter", "task")
     text = proc.log.read_text(errors="replace").splitlines()
     return "\n".join([line for line in text if any(w in line for w in words)][-lines:])
 

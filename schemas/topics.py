@@ -24,6 +24,9 @@ ALL_REPORTS = "fl/device/+/report"
 
 ERRORS = "fl/errors/{service}"
 ALL_ERRORS = "fl/errors/+"
+# A service instance's connection probe: published at QoS 1 (nobody subscribes) so a dead
+# connection shows up as a missing PUBACK.
+PROBE = "fl/probe/{identity}"
 
 
 def round_event(round_id: str, event: str) -> str:
@@ -67,3 +70,8 @@ def device_of(topic: str) -> str:
 def errors(service: str) -> str:
     """Where a service reports input it rejected."""
     return ERRORS.format(service=service)
+
+
+def probe(identity: str) -> str:
+    """Where a service instance probes its own connection."""
+    return PROBE.format(identity=identity)

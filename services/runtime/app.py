@@ -20,6 +20,7 @@ from typing import Any
 import aiomqtt
 import structlog
 
+from schemas import topics
 from schemas.base import now_ms
 from schemas.codec import decode_any
 from schemas.errors import DecodeError
@@ -39,6 +40,7 @@ TimerHandler = Callable[[str, str, Context], Awaitable[None]]
 # replays it at once: the journal belongs to one instance).
 IN_HAND_LEASE_MS = 300_000
 RETRY_POLL_S = 0.25
+PROBE_S = 5.0
 
 
 @dataclass
@@ -176,6 +178,39 @@ class Service:
 
     # -- the loop -------------------------------------------------------------------------------
 
+    async def _consume(self, client: aiomqtt.Client, ctx: Context) -> None:
+        """Dispatch messages until the connection fails, as the client or the probe finds."""
+        consume = asyncio.create_task(self._dispatch_all(client, ctx))
+        probe = asyncio.create_task(self._probe(client, ctx))
+        try:
+            done, _ = await asyncio.wait({consume, probe}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (consume, probe):
+                task.cancel()
+            # A handler cut off here stays in the journal and is replayed on reconnect.
+            await asyncio.gather(consume, probe, return_exceptions=True)
+        for task in done:
+            task.result()  # the MqttError (or other failure) that ended it
+
+    async def _dispatch_all(self, client: aiomqtt.Client, ctx: Context) -> None:
+        async for message in client.messages:
+            await self.dispatch(message, ctx)
+
+    async def _probe(self, client: aiomqtt.Client, ctx: Context) -> None:
+        """Publish to our probe topic at QoS 1 every few seconds; raise when no PUBACK comes.
+
+        aiomqtt 2.5 can miss a disconnection. Seen: a service stopped (SIGSTOP) past its
+        keepalive and resumed never reconnected, its loop waiting on `client.messages` with
+        the client's disconnect future still pending (a `kill -USR1` task dump showed it).
+        One way in its code: `__aenter__` replaces a `_disconnected` future that completed
+        between CONNACK and its return. A publish into the dead connection times out (the
+        client's 5 s timeout) whatever the cause, and the reconnect loop takes over.
+        """
+        topic = topics.probe(self.identity(ctx.settings))
+        while True:
+            await asyncio.sleep(PROBE_S)
+            await client.publish(topic, b"", qos=1)
+
     async def run(self, settings: Settings) -> None:
         """Serve forever, reconnecting whenever the broker or Redis goes away."""
         store = SagaStore.from_url(settings.redis_url, ttl_s=settings.key_ttl_s)
@@ -199,8 +234,7 @@ class Service:
                                 loops.append(self._timer_loop(ctx))
                             for loop in loops:
                                 stack.callback(asyncio.create_task(loop).cancel)
-                            async for message in client.messages:
-                                await self.dispatch(message, ctx)
+                            await self._consume(client, ctx)
                 except CONNECTION_ERRORS as exc:
                     # Either server gone: unacknowledged messages stay with the broker, the
                     # journal keeps what was acknowledged; reconnect and carry on.

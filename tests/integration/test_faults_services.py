@@ -8,6 +8,7 @@ every device's update counted exactly once. Each leaves the service serving agai
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 
 import pytest
@@ -102,6 +103,9 @@ async def test_a_service_stopped_past_its_keepalive_loses_no_update(
         try:
             await asyncio.to_thread(proc.wait_serving, before + 1)  # it reconnected
         except TimeoutError as exc:
+            assert proc.process is not None
+            proc.process.send_signal(signal.SIGUSR1)  # it logs what each task awaits
+            await asyncio.sleep(1.0)
             raise AssertionError(f"{name} did not reconnect:\n{_log_tail(proc)}") from exc
         result = await task
 

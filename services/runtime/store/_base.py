@@ -85,9 +85,9 @@ def texts(replies: Iterable[object]) -> list[str]:
     return [text(r) for r in replies]
 
 
-def s(value: bytes | str | None) -> str | None:
-    """A reply as text."""
-    return value.decode() if isinstance(value, bytes) else value
+def text_opt(reply: object) -> str | None:
+    """A string reply that may be nil, as text."""
+    return None if reply is None else text(reply)
 
 
 def raw_hash(reply: Mapping[K, object] | None) -> dict[bytes, bytes]:
@@ -116,11 +116,6 @@ def plain(fields: Mapping[S, Any]) -> dict[FieldT, EncodableT]:
     """Hash fields as Redis-native values (enum names and values as their plain str/int)."""
     # IntEnum members would be written as their repr by redis-py on Python 3.11.
     return {str(k): int(v) if isinstance(v, int) else v for k, v in fields.items()}
-
-
-def hash_fields(fields: Mapping[str, str | int]) -> dict[FieldT, EncodableT]:
-    """Hash fields as they are, typed as `hset` takes them (a dict's key type is invariant)."""
-    return {k: v for k, v in fields.items()}
 
 
 class StoreBase:

@@ -13,7 +13,7 @@ from services.runtime.store._base import (
     raw_opt,
     raws,
     raws_opt,
-    s,
+    text_opt,
     texts,
 )
 
@@ -25,7 +25,7 @@ class DeviceStore(StoreBase):
         """Lease a device to a round unless another round holds it; idempotent per round."""
         if await self.redis.set(keys.lease(device_id), round_id, nx=True, px=ttl_ms):
             return True
-        return s(await self.redis.get(keys.lease(device_id))) == round_id
+        return text_opt(await self.redis.get(keys.lease(device_id))) == round_id
 
     async def release(self, device_id: str, round_id: str) -> bool:
         """Release a device's lease if this round holds it."""
@@ -35,7 +35,7 @@ class DeviceStore(StoreBase):
 
     async def lease_owner(self, device_id: str) -> str | None:
         """The round a device is leased to, if any."""
-        return s(await self.redis.get(keys.lease(device_id)))
+        return text_opt(await self.redis.get(keys.lease(device_id)))
 
     async def put_device(self, status: DeviceStatus) -> None:
         """Record a device's latest status and when it arrived."""

@@ -11,11 +11,11 @@ from services.runtime import keys
 from services.runtime.store._base import (
     RELEASE_IF_OWNER,
     StoreBase,
-    hash_fields,
+    plain,
     raw_opt,
-    s,
     text,
     text_hash,
+    text_opt,
     texts,
 )
 
@@ -85,13 +85,13 @@ class ModelStore(StoreBase):
         key = keys.version(model, ver)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(key, "created_ms", now_ms())
-            pipe.hset(key, mapping=hash_fields(fields))
+            pipe.hset(key, mapping=plain(fields))
             pipe.zadd(keys.versions(model), {ver: now_ms()}, nx=True)
             await pipe.execute()
 
     async def update_version(self, model: str, ver: str, **fields: str) -> None:
         """Change a registered version's status or metrics."""
-        await self.redis.hset(keys.version(model, ver), mapping=hash_fields(fields))
+        await self.redis.hset(keys.version(model, ver), mapping=plain(fields))
 
     async def get_version(self, model: str, ver: str) -> dict[str, str]:
         """One version's record (empty when unknown)."""
@@ -103,7 +103,7 @@ class ModelStore(StoreBase):
 
     async def active_version(self, model: str) -> str | None:
         """The version deployed to the fleet."""
-        return s(await self.redis.get(keys.active_version(model)))
+        return text_opt(await self.redis.get(keys.active_version(model)))
 
     async def set_active_version(self, model: str, ver: str) -> None:
         """Make a version the fleet's active one."""
@@ -114,7 +114,7 @@ class ModelStore(StoreBase):
         key = keys.rollout(model)
         if await self.redis.set(key, round_id, nx=True, px=ttl_ms):
             return round_id
-        return s(await self.redis.get(key)) or ""  # "" : it lapsed meanwhile; try again
+        return text_opt(await self.redis.get(key)) or ""  # "" : it lapsed meanwhile; try again
 
     async def release_rollout(self, model: str, round_id: str) -> bool:
         """Give the model's rollout lock back, if this round holds it."""

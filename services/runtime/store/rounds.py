@@ -21,12 +21,11 @@ from services.runtime.errors import SagaConflict, StaleRound
 from services.runtime.state import Field, RoundState, outcome_field
 from services.runtime.store._base import (
     StoreBase,
-    hash_fields,
     plain,
-    s,
     stream_entries,
     text,
     text_hash,
+    text_opt,
     texts,
 )
 
@@ -216,7 +215,7 @@ class RoundStore(StoreBase):
 
     async def hget(self, key: str, field: str) -> str | None:
         """One field of a round-scoped hash, as text."""
-        return s(await self.redis.hget(key, field))
+        return text_opt(await self.redis.hget(key, field))
 
     async def smembers(self, key: str) -> list[str]:
         """Members of a set, sorted."""
@@ -227,7 +226,7 @@ class RoundStore(StoreBase):
         if not mapping:
             return
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=hash_fields(mapping))
+            pipe.hset(key, mapping=plain(mapping))
             pipe.expire(key, self.ttl_s)
             await pipe.execute()
 

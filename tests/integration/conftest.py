@@ -126,15 +126,7 @@ class Probe:
 @pytest.fixture
 async def probe(stack: LocalStack) -> AsyncIterator[Probe]:
     """Records fl/errors/#, saga events and device commands."""
-    import aiomqtt
-
-    s = stack.settings
-    async with aiomqtt.Client(
-        s.mqtt_host,
-        s.mqtt_port,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        identifier=f"probe-{uuid.uuid4().hex[:6]}",
-    ) as client:
+    async with mqtt_client(stack, "probe") as client:
         p = Probe(client)
         for topic in ("fl/errors/#", "fl/round/#", "fl/device/+/cmd"):
             await client.subscribe(topic, qos=1)

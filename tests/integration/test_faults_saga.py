@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import math
 import statistics
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +31,7 @@ from schemas.events import RoundFailed, SagaEvent
 from schemas.steps import Step
 from services.runtime import keys
 from services.runtime.state import Field
-from tests.integration.conftest import request, start_fleet
+from tests.integration.conftest import mqtt_client, request, start_fleet
 
 MODEL = "digits-mlp"
 BILLION = 10**9  # the absurd example count a lying device claims
@@ -120,14 +119,8 @@ async def watching(stack: LocalStack) -> AsyncIterator[Watcher]:
     """A Watcher subscribed before the round starts."""
     import aiomqtt
 
-    s = stack.settings
     watcher = Watcher()
-    async with aiomqtt.Client(
-        s.mqtt_host,
-        s.mqtt_port,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        identifier=f"watch-{uuid.uuid4().hex[:6]}",
-    ) as client:
+    async with mqtt_client(stack, "watch") as client:
         for topic in (topics.ROUND_ALL, topics.COMPENSATED_ALL, "fl/device/+/cmd"):
             await client.subscribe(topic, qos=1)
         await client.subscribe(topics.ALL_REPORTS, qos=1)
@@ -520,13 +513,9 @@ async def test_devices_not_heard_from_are_neither_selected_nor_deployed_to_and_t
     # Prepare: 50 statuses from devices that never held a session (anyone may publish on the
     # dev broker), then time passes for them: their last word is older than the freshness
     # window (5 min), and 10 of them older than the registry's TTL (a week).
-    import aiomqtt
-
     s = stack.settings
     fakes = [f"ghost-{i:03d}" for i in range(50)]
-    async with aiomqtt.Client(
-        s.mqtt_host, s.mqtt_port, protocol=aiomqtt.ProtocolVersion.V5
-    ) as client:
+    async with mqtt_client(stack, "ghosts") as client:
         for device_id in fakes:
             status = DeviceStatus(device_id=device_id, num_examples=100, charging=True)
             await client.publish(

@@ -20,6 +20,7 @@ from schemas.codec import decode, encode
 from schemas.events import ErrorReport
 from services.runtime import Context, Rejected, Route, SagaConflict, SagaStore, Service, Settings
 from services.runtime.policy import RetryPolicy
+from tests.integration.conftest import mqtt_client
 
 Handler = Callable[[ErrorReport, Context], Awaitable[None]]
 
@@ -82,13 +83,7 @@ def _message(topic: str, reason: str = "ping") -> ErrorReport:
 @pytest.fixture
 async def harness(stack: LocalStack) -> AsyncIterator[Harness]:
     """A harness with a client that also records the service's error reports."""
-    s = stack.settings
-    async with aiomqtt.Client(
-        s.mqtt_host,
-        s.mqtt_port,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        identifier=f"rt-probe-{uuid.uuid4().hex[:6]}",
-    ) as client:
+    async with mqtt_client(stack, "rt-probe") as client:
         h = Harness(stack, client)
         await client.subscribe(f"fl/errors/{h.name}", qos=1)
 

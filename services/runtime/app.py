@@ -56,7 +56,7 @@ class Service:
 
     def identity(self, settings: Settings) -> str:
         """This instance's MQTT client id (one broker session, one journal)."""
-        return f"fedsaga-{self.name}-{settings.instance}"
+        return settings.service_identity(self.name)
 
     def subscriptions(self, settings: Settings) -> list[str]:
         """The filters to subscribe to, shared across instances when configured."""
@@ -199,12 +199,10 @@ class Service:
     async def _probe(self, client: aiomqtt.Client, ctx: Context) -> None:
         """Publish to our probe topic at QoS 1 every few seconds; raise when no PUBACK comes.
 
-        aiomqtt 2.5 can miss a disconnection. Seen: a service stopped (SIGSTOP) past its
-        keepalive and resumed never reconnected, its loop waiting on `client.messages` with
-        the client's disconnect future still pending (a `kill -USR1` task dump showed it).
-        One way in its code: `__aenter__` replaces a `_disconnected` future that completed
-        between CONNACK and its return. A publish into the dead connection times out (the
-        client's 5 s timeout) whatever the cause, and the reconnect loop takes over.
+        A connection can die without the socket telling us (a half-open TCP link after a
+        network partition, a broker host that vanished): reads then just wait. A publish into
+        such a connection times out (the client's 5 s timeout) and the reconnect loop takes
+        over, within PROBE_S plus that timeout rather than the kernel's TCP timeouts.
         """
         topic = topics.probe(self.identity(ctx.settings))
         while True:

@@ -66,6 +66,10 @@ class Settings(BaseModel):
             raise ValueError("canary_stages must rise strictly within 1..100 and end at 100")
         return value
 
+    def service_identity(self, service: str) -> str:
+        """The MQTT client id of this instance of `service` (one broker session, one journal)."""
+        return f"fedsaga-{service}-{self.instance}"
+
     def mqtt_username_for(self, identity: str) -> str | None:
         """The username an instance logs in with: the explicit one, else with a password its
         identity (its client id, which mosquitto/prod.conf ties to the username), else none."""

@@ -28,11 +28,16 @@ bench: $(STAMP)
 
 # The servers run as private instances started by the tests and the demo; we only need the
 # binaries. Debian's packages would also start system services where systemd runs: harmless,
-# they use the standard ports and we use free ones.
+# they use the standard ports and we use free ones. The tests also need Chromium (the round
+# report is checked in a real headless browser) and Node.js with npm (the device contract is
+# checked by the AsyncAPI project's own parser).
 deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
+	command -v mosquitto_pub >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing from apt"; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \

@@ -67,12 +67,20 @@ class LocalStack:
     def __init__(self, workdir: Path | None = None, **settings: object) -> None:
         self.servers = PrivateServers(workdir)
         self.workdir = self.servers.workdir
-        self.settings = Settings.from_env(
-            mqtt_host="127.0.0.1",
-            mqtt_port=self.servers.broker.port,
-            redis_url=self.servers.redis_url,
-            **settings,
-        )
+        # The private servers, whatever broker or Redis the environment names.
+        private = {
+            "mqtt_url": None,
+            "mqtt_host": "127.0.0.1",
+            "mqtt_port": self.servers.broker.port,
+            "mqtt_username": None,
+            "mqtt_password": None,
+            "mqtt_tls": False,
+            "mqtt_ca_file": None,
+            "mqtt_cert_file": None,
+            "mqtt_key_file": None,
+            "redis_url": self.servers.redis_url,
+        }
+        self.settings = Settings(**private, **settings)  # type: ignore[arg-type]
         self.services = {n: ServiceProcess(n, self.settings, self.workdir) for n in SERVICES}
 
     def __enter__(self) -> LocalStack:

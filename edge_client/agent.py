@@ -18,9 +18,7 @@ from typing import Any
 import aiomqtt
 import numpy as np
 import structlog
-from aiomqtt import ProtocolVersion, Will
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from aiomqtt import Will
 from pydantic import BaseModel
 
 from edge_client.config import DeviceProfile
@@ -52,11 +50,14 @@ from schemas.device import (
     TrainCommand,
 )
 from schemas.errors import DecodeError
+from schemas.mqtt import MqttEndpoint, connect
 
 log = structlog.get_logger()
 
 # How often an idle device re-announces its status (retained) to the registry.
 STATUS_INTERVAL_S = 60.0
+# The broker keeps a device's session (and queued commands) this long after it disconnects.
+SESSION_EXPIRY_S = 3600
 
 
 class DeviceAgent:
@@ -68,19 +69,16 @@ class DeviceAgent:
         x: np.ndarray,
         y: np.ndarray,
         *,
-        host: str,
-        port: int,
+        endpoint: MqttEndpoint,
         profile: DeviceProfile | None = None,
         password: str | None = None,
         seed: int = 0,
     ) -> None:
         self.device_id = device_id
         self._x, self._y = x, y  # local data: stays in this process
-        self.host, self.port = host, port
         # With a password the device authenticates as its own id: the broker's ACL confines
         # each username to its own topics (mosquitto/fedsaga.acl).
-        self._username = device_id if password else None
-        self._password = password
+        self.endpoint = endpoint.login(device_id, password) if password else endpoint
         self.profile = profile or DeviceProfile()
         self.battery = self.profile.battery
         self.models = LocalModelStore()
@@ -175,8 +173,6 @@ class DeviceAgent:
 
     async def run(self) -> None:
         """Stay connected (reconnecting), handling commands and payloads until cancelled."""
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
         try:
             while True:
                 # A fresh will (and msg_id) per connection: services deduplicate by msg_id,
@@ -188,17 +184,13 @@ class DeviceAgent:
                     retain=True,
                 )
                 try:
-                    async with aiomqtt.Client(
-                        self.host,
-                        self.port,
-                        identifier=self.device_id,
-                        protocol=ProtocolVersion.V5,
-                        will=will,
+                    async with connect(
+                        self.endpoint,
+                        self.device_id,
                         clean_start=False,
-                        properties=props,
+                        session_expiry_s=SESSION_EXPIRY_S,
                         keepalive=10,
-                        username=self._username,
-                        password=self._password,
+                        will=will,
                     ) as client:
                         self.client = client
                         await client.subscribe(

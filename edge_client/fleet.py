@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from edge_client.agent import DeviceAgent
 from edge_client.config import DeviceProfile, FailureRates
 from federated.data import dirichlet_partition, load_digits, train_holdout_split
+from schemas.mqtt import MqttEndpoint
 
 
 @dataclass(frozen=True)
@@ -66,20 +68,29 @@ def profiles(spec: FleetSpec) -> list[DeviceProfile]:
 class Fleet:
     """Run the agents as tasks; `async with Fleet(...)` waits until all are connected."""
 
-    def __init__(self, spec: FleetSpec, *, host: str, port: int) -> None:
+    def __init__(
+        self,
+        spec: FleetSpec,
+        endpoint: MqttEndpoint,
+        *,
+        passwords: Mapping[str, str] | None = None,
+    ) -> None:
+        """Agents of `endpoint`; with `passwords` (device id -> password) each logs in as its
+        own id, as on a broker with mosquitto/prod.conf."""
         self.spec = spec
+        ids = [f"{spec.prefix}-{i:04d}" for i in range(spec.devices)]
         self.agents = [
             DeviceAgent(
-                f"{spec.prefix}-{i:04d}",
+                device_id,
                 x,
                 y,
-                host=host,
-                port=port,
+                endpoint=endpoint,
+                password=(passwords or {}).get(device_id),
                 profile=profile,
                 seed=spec.seed * 100_003 + i,
             )
-            for i, ((x, y), profile) in enumerate(
-                zip(device_data(spec), profiles(spec), strict=True)
+            for i, (device_id, (x, y), profile) in enumerate(
+                zip(ids, device_data(spec), profiles(spec), strict=True)
             )
         ]
         self._tasks: list[asyncio.Task[None]] = []

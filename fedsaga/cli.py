@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from typing import Annotated, Any, NoReturn
 
@@ -16,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas.ops import Chaos, RoundRequested
+from services.runtime.settings import Settings
 
 app = typer.Typer(
     help="Federated learning rounds for edge fleets, as an MQTT saga.", no_args_is_help=True
@@ -26,12 +26,8 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _conn() -> dict[str, object]:
-    return {
-        "mqtt_host": os.environ.get("FEDSAGA_MQTT_HOST", "127.0.0.1"),
-        "mqtt_port": int(os.environ.get("FEDSAGA_MQTT_PORT", "1883")),
-        "redis_url": os.environ.get("FEDSAGA_REDIS_URL", "redis://127.0.0.1:6379/0"),
-    }
+def _settings() -> Settings:
+    return Settings()
 
 
 @app.command()
@@ -77,7 +73,7 @@ def up(devices: int = 30, alpha: float = 0.5, seed: int = 0) -> None:
                     data_seed=s.data_seed,
                     holdout_fraction=s.holdout_fraction,
                 )
-                async with Fleet(spec, host=s.mqtt_host, port=s.mqtt_port):
+                async with Fleet(spec, s.mqtt_endpoint()):
                     await asyncio.Event().wait()
 
             asyncio.run(serve())
@@ -187,10 +183,10 @@ def round_start(
             "seed": seed,
         },
     )
-    conn = _conn()
+    settings = _settings()
 
     async def go() -> int:
-        async with FedSaga(**conn) as saga:  # type: ignore[arg-type]
+        async with FedSaga(settings) as saga:
             if not wait:
                 await saga.start(request)
                 console.print(f"requested round {round_id}")
@@ -202,9 +198,9 @@ def round_start(
     try:
         code = asyncio.run(go())
     except aiomqtt.MqttError as exc:
-        _die(f"cannot reach the MQTT broker at {conn['mqtt_host']}:{conn['mqtt_port']}: {exc}")
+        _die(f"cannot reach the MQTT broker at {settings.mqtt_endpoint().url}: {exc}")
     except RedisConnectionError as exc:
-        _die(f"cannot reach Redis at {conn['redis_url']}: {exc}")
+        _die(f"cannot reach Redis at {settings.redis_url}: {exc}")
     raise typer.Exit(code)
 
 
@@ -218,7 +214,7 @@ def round_status(
     from services.runtime.store import SagaStore
 
     async def go() -> None:
-        store = SagaStore.from_url(str(_conn()["redis_url"]))
+        store = SagaStore.from_url(_settings().redis_url)
         try:
             result = await round_result(store, round_id)
         finally:
@@ -250,7 +246,7 @@ def models(model: str = "digits-mlp") -> None:
     from services.runtime.store import SagaStore
 
     async def go() -> None:
-        store = SagaStore.from_url(str(_conn()["redis_url"]))
+        store = SagaStore.from_url(_settings().redis_url)
         try:
             active = await store.active_version(model)
             table = Table(title=f"{model} (active: {active})")
@@ -281,7 +277,7 @@ def fleet() -> None:
     from services.runtime.store import SagaStore
 
     async def go() -> None:
-        store = SagaStore.from_url(str(_conn()["redis_url"]))
+        store = SagaStore.from_url(_settings().redis_url)
         try:
             table = Table(title="fleet")
             for col in (

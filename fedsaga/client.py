@@ -2,6 +2,10 @@
 
 async with FedSaga(mqtt_port=..., redis_url=...) as saga:
     result = await saga.run(RoundRequested(round_id="r1", target_accuracy=0.9))
+
+Where the broker and Redis are comes from the same settings as every fedsaga process
+(services/runtime/settings.py: keyword arguments, then FEDSAGA_* variables, then the config
+file); `FedSaga(Settings(mqtt_url="mqtts://fedsaga-ops:...@broker:8883"))` works too.
 """
 
 from __future__ import annotations
@@ -11,38 +15,55 @@ import contextlib
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiomqtt
-from aiomqtt import ProtocolVersion
 
 from fedsaga.status import RoundResult, round_result
 from schemas import topics
 from schemas.codec import decode, encode
 from schemas.errors import DecodeError
 from schemas.events import SagaEvent
+from schemas.mqtt import connect
 from schemas.ops import RoundRequested
+from services.runtime.settings import Settings
 from services.runtime.store import SagaStore
 
 POLL_S = 1.0
+OPS_USER = "fedsaga-ops"
 RECONNECT_S = 0.5
+
+
+def redact(url: str) -> str:
+    """A URL without its password, to print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class RoundExists(ValueError):
+    """A round with this id was requested before: round ids are never reused."""
 
 
 class FedSaga:
     """A connection to a fedsaga deployment: its broker and its Redis."""
 
-    def __init__(
-        self,
-        *,
-        mqtt_host: str = "127.0.0.1",
-        mqtt_port: int = 1883,
-        redis_url: str = "redis://127.0.0.1:6379/0",
-    ) -> None:
-        self.mqtt_host, self.mqtt_port = mqtt_host, mqtt_port
-        self.store = SagaStore.from_url(redis_url)
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        self.settings = settings or Settings(**overrides)
+        # Operators log in as fedsaga-ops (mosquitto/fedsaga.acl) unless told otherwise.
+        self.endpoint = self.settings.mqtt_endpoint(OPS_USER)
+        self.store = SagaStore.from_url(self.settings.redis_url)
         self._client: aiomqtt.Client | None = None
         self._waiters: dict[str, asyncio.Future[Any]] = {}
         self._listeners: list[Callable[[str, Any], None]] = []
         self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def where(self) -> str:
+        """The broker and Redis this client talks to, for messages."""
+        return f"{self.endpoint.url}, Redis {redact(self.settings.redis_url)}"
 
     async def __aenter__(self) -> FedSaga:
         await self._connect()
@@ -58,12 +79,7 @@ class FedSaga:
         await self.store.aclose()
 
     async def _connect(self) -> None:
-        client = aiomqtt.Client(
-            self.mqtt_host,
-            self.mqtt_port,
-            identifier=f"fedsaga-ops-{uuid.uuid4().hex[:8]}",
-            protocol=ProtocolVersion.V5,
-        )
+        client = connect(self.endpoint, f"{OPS_USER}-{uuid.uuid4().hex[:8]}")
         await client.__aenter__()
         await client.subscribe(topics.ROUND_ALL, qos=1)
         await client.subscribe(topics.COMPENSATED_ALL, qos=1)
@@ -105,9 +121,15 @@ class FedSaga:
         self._listeners.append(listener)
 
     async def start(self, request: RoundRequested) -> None:
-        """Publish a round request (fire and forget)."""
+        """Publish a round request (fire and forget); `RoundExists` if the id was used."""
         if self._client is None:
             raise aiomqtt.MqttError("not connected to the broker")
+        existing = await self.store.get_round(request.round_id)
+        if existing.status != "unknown":
+            raise RoundExists(
+                f"round {request.round_id} already exists ({existing.status}); "
+                "round ids are never reused"
+            )
         await self._client.publish(topics.ROUND_START, encode(request), qos=1)
 
     async def run(self, request: RoundRequested, *, timeout: float = 300.0) -> RoundResult:
@@ -120,12 +142,18 @@ class FedSaga:
         done = self._waiters[round_id] = asyncio.get_running_loop().create_future()
         try:
             await self.start(request)
-            async with asyncio.timeout(timeout):
-                while not done.done():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(done), POLL_S)
-                    if await self.store.last_event_kind(round_id) == "round.completed":
-                        break
+            try:
+                async with asyncio.timeout(timeout):
+                    while not done.done():
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(asyncio.shield(done), POLL_S)
+                        if await self.store.last_event_kind(round_id) == "round.completed":
+                            break
+            except TimeoutError:
+                raise TimeoutError(
+                    f"round {round_id}: no result within {timeout:g} s "
+                    f"(status {(await self.status(round_id)).status}); broker {self.where}"
+                ) from None
         finally:
             self._waiters.pop(round_id, None)
         return await self.status(round_id)

@@ -130,10 +130,10 @@ async def _scenarios(cfg: DemoConfig, stack: LocalStack) -> list[dict[str, Any]]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out: list[dict[str, Any]] = []
     with console.status(f"starting {cfg.devices} simulated devices"):
-        fleet = Fleet(spec, host=s.mqtt_host, port=s.mqtt_port)
+        fleet = Fleet(spec, s.mqtt_endpoint())
     async with (
         fleet,
-        FedSaga(mqtt_host=s.mqtt_host, mqtt_port=s.mqtt_port, redis_url=s.redis_url) as saga,
+        FedSaga(s) as saga,
     ):
         await _wait_registered(saga, cfg.devices)
         baseline = centralized_accuracy(cfg, s.data_seed, s.holdout_fraction)

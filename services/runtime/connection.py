@@ -11,27 +11,20 @@ delivers it again after a reconnect. (aiomqtt's v3 rewrite is to expose this; pi
 from __future__ import annotations
 
 import aiomqtt
-from aiomqtt import ProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
+from schemas.mqtt import connect
 from services.runtime.settings import Settings
 
 
 def service_client(settings: Settings, identifier: str) -> aiomqtt.Client:
     """A client with a durable session (kept across restarts) and manual acknowledgements."""
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: unannotated
-    props.SessionExpiryInterval = settings.session_expiry_s
-    client = aiomqtt.Client(
-        settings.mqtt_host,
-        settings.mqtt_port,
-        identifier=identifier,
-        protocol=ProtocolVersion.V5,
+    client = connect(
+        settings.mqtt_endpoint(identifier),
+        identifier,
         clean_start=False,  # keep the broker session across restarts
-        properties=props,
+        session_expiry_s=settings.session_expiry_s,
         keepalive=15,
         timeout=5,  # a publish into a dead connection fails within 5 s
-        **settings.mqtt_options(identifier),
     )
     client._client.manual_ack_set(True)
     return client

@@ -32,7 +32,7 @@ def main(name: str) -> None:
     """Run one service until SIGTERM/SIGINT."""
     if name not in SERVICES:
         raise SystemExit(f"unknown service {name!r}; one of {', '.join(SERVICES)}")
-    settings = Settings.from_env()
+    settings = Settings()
     configure(name)
     service = importlib.import_module(f"services.{name}").service
 

@@ -1,19 +1,56 @@
-"""Service settings, read from FEDSAGA_* environment variables."""
+"""Settings of every fedsaga process: FEDSAGA_* environment variables, then a config file.
+
+One reader (pydantic-settings) for the services, the CLI, the Python client and the fleet
+simulator. Precedence: values passed in code (the CLI's flags), then `FEDSAGA_<FIELD>`
+environment variables, then the TOML file named by `FEDSAGA_CONFIG` (by default
+`~/.config/fedsaga/config.toml`, when it exists), then the defaults below. A config file holds
+the same names in lower case:
+
+    mqtt_url = "mqtts://fedsaga-ops@broker.example:8883"
+    mqtt_ca_file = "/etc/fedsaga/ca.pem"
+    redis_url = "redis://redis.example:6379/0"
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from pathlib import Path
+from typing import Annotated
 
-from aiomqtt import TLSParameters
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from schemas.mqtt import MqttEndpoint
+
+# How an unset value (None) reads in an environment variable.
+NULL = "null"
 
 
-class Settings(BaseModel):
+def config_file() -> Path:
+    """The TOML file settings are read from (it need not exist)."""
+    named = os.environ.get("FEDSAGA_CONFIG")
+    if named:
+        return Path(named).expanduser()
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "fedsaga" / "config.toml"
+
+
+class Settings(BaseSettings):
     """Where the broker and Redis are, and how this instance identifies itself."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="FEDSAGA_", env_parse_none_str=NULL, frozen=True, extra="ignore"
+    )
 
+    # The broker: either `mqtt_url` (mqtt[s]://user[:password]@host[:port], which wins) or
+    # host and port; TLS when the URL says mqtts, `mqtt_tls` is set, or a CA file is given.
+    mqtt_url: str | None = None
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     # Credentials and TLS for a broker like mosquitto/prod.conf; the dev broker needs none.
@@ -21,7 +58,10 @@ class Settings(BaseModel):
     # (`fedsaga-{service}-{instance}`): prod.conf makes the username the client id.
     mqtt_username: str | None = None
     mqtt_password: str | None = None
+    mqtt_tls: bool = False
     mqtt_ca_file: str | None = None  # set: connect over TLS, verifying the broker with it
+    mqtt_cert_file: str | None = None  # a client certificate, where the broker asks for one
+    mqtt_key_file: str | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
     instance: str = "0"
     # Several instances of one service share its subscriptions ($share/...) when set.
@@ -43,9 +83,14 @@ class Settings(BaseModel):
     holdout_fraction: float = 0.2
     max_regression: float = 0.02
     # Canary: fraction of the fleet per stage, health tolerance, stage timeout.
-    canary_stages: tuple[int, ...] = (10, 50, 100)
+    canary_stages: Annotated[tuple[int, ...], NoDecode] = (10, 50, 100)
     canary_tolerance: float = 0.05
     canary_timeout_ms: int = 10_000
+    # Observability: Prometheus metrics served over HTTP on this port (0: not served); log
+    # lines as `json` or key=value `console` lines, at this level (services/runtime/logging.py).
+    metrics_port: int = 0
+    log_format: str = "console"
+    log_level: str = "INFO"
 
     @model_validator(mode="after")
     def _instances(self) -> Settings:
@@ -54,6 +99,34 @@ class Settings(BaseModel):
         if self.shared and self.instance == "0":
             raise ValueError("with FEDSAGA_SHARED, give each instance its own FEDSAGA_INSTANCE")
         return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=config_file()),
+        )
+
+    @field_validator("canary_stages", mode="before")
+    @classmethod
+    def _stages_text(cls, value: object) -> object:
+        # FEDSAGA_CANARY_STAGES=10,50,100
+        return tuple(int(x) for x in value.split(",")) if isinstance(value, str) else value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None:
+            MqttEndpoint.from_url(value)  # a bad URL fails here, naming itself
+        return value
 
     @field_validator("canary_stages")
     @classmethod
@@ -70,44 +143,43 @@ class Settings(BaseModel):
         """The MQTT client id of this instance of `service` (one broker session, one journal)."""
         return f"fedsaga-{service}-{self.instance}"
 
-    def mqtt_username_for(self, identity: str) -> str | None:
-        """The username an instance logs in with: the explicit one, else with a password its
-        identity (its client id, which mosquitto/prod.conf ties to the username), else none."""
-        if self.mqtt_username is not None:
-            return self.mqtt_username
-        return identity if self.mqtt_password is not None else None
+    def mqtt_endpoint(self, identity: str | None = None) -> MqttEndpoint:
+        """The broker, logged in as the instance `identity`.
 
-    def mqtt_options(self, identity: str) -> dict[str, Any]:
-        """Keyword arguments for `aiomqtt.Client` for the instance `identity`: credentials and
-        TLS, when configured."""
-        options: dict[str, Any] = {}
-        username = self.mqtt_username_for(identity)
-        if username is not None:
-            options["username"] = username
-            options["password"] = self.mqtt_password
-        if self.mqtt_ca_file is not None:
-            options["tls_params"] = TLSParameters(ca_certs=self.mqtt_ca_file)
-        return options
-
-    @classmethod
-    def from_env(cls, **overrides: object) -> Settings:
-        """Settings from the environment (`FEDSAGA_MQTT_PORT=1884` etc.), then overrides."""
-        values: dict[str, object] = {}
-        for name in cls.model_fields:
-            raw = os.environ.get(f"FEDSAGA_{name.upper()}")
-            if raw is not None:
-                values[name] = (
-                    tuple(int(x) for x in raw.split(",")) if name == "canary_stages" else raw
-                )
-        values.update(overrides)
-        return cls.model_validate(values)
+        The username is the explicit one (in the URL or `mqtt_username`); with a password and
+        no username, the identity itself (its client id, which mosquitto/prod.conf ties to the
+        username); with neither, anonymous. Without an identity (a fleet whose devices log in
+        as themselves), only what is configured.
+        """
+        if self.mqtt_url is not None:
+            base = MqttEndpoint.from_url(self.mqtt_url)
+        else:
+            base = MqttEndpoint(host=self.mqtt_host, port=self.mqtt_port)
+        password = base.password if base.password is not None else self.mqtt_password
+        username = base.username or self.mqtt_username
+        if username is None and password is not None and identity is not None:
+            username = identity
+        return base.model_copy(
+            update={
+                "username": username,
+                "password": password,
+                "tls": base.tls or self.mqtt_tls,
+                "ca_file": self.mqtt_ca_file,
+                "cert_file": self.mqtt_cert_file,
+                "key_file": self.mqtt_key_file,
+            }
+        )
 
     def env(self) -> dict[str, str]:
-        """These settings as environment variables, for a child process."""
-        out = {}
+        """These settings as environment variables for a child process: every field, unset
+        ones as `null`, and no config file, so nothing else the child finds can change them."""
+        out = {"FEDSAGA_CONFIG": os.devnull}
         for name, value in self.model_dump().items():
             if value is None:
-                continue
-            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+                text = NULL
+            elif isinstance(value, tuple):
+                text = ",".join(map(str, value))
+            else:
+                text = str(value)
             out[f"FEDSAGA_{name.upper()}"] = text
         return out

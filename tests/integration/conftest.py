@@ -21,6 +21,7 @@ from fedsaga.status import RoundResult
 from schemas import topics
 from schemas.codec import decode
 from schemas.device import DeviceUpdate
+from schemas.mqtt import connect
 from schemas.ops import RoundRequested
 from services.runtime import keys
 
@@ -50,10 +51,7 @@ def clean_redis(stack: LocalStack) -> None:
 @pytest.fixture
 async def saga(stack: LocalStack, clean_redis: None) -> AsyncIterator[FedSaga]:
     """The ops client: start rounds, await results, watch events."""
-    s = stack.settings
-    async with FedSaga(
-        mqtt_host=s.mqtt_host, mqtt_port=s.mqtt_port, redis_url=s.redis_url
-    ) as client:
+    async with FedSaga(stack.settings) as client:
         yield client
 
 
@@ -70,7 +68,7 @@ async def start_fleet(stack: LocalStack, saga: FedSaga, **spec: object) -> Fleet
             **spec,
         }
     )  # type: ignore[arg-type]
-    fleet = Fleet(full, host=s.mqtt_host, port=s.mqtt_port)
+    fleet = Fleet(full, s.mqtt_endpoint())
     await fleet.__aenter__()
     ids = {a.device_id for a in fleet.agents}
     async with asyncio.timeout(10):
@@ -142,13 +140,7 @@ async def probe(stack: LocalStack) -> AsyncIterator[Probe]:
 
 def mqtt_client(stack: LocalStack, prefix: str) -> aiomqtt.Client:
     """A plain MQTT 5 client of the stack's broker, with a fresh id (`async with` it)."""
-    s = stack.settings
-    return aiomqtt.Client(
-        s.mqtt_host,
-        s.mqtt_port,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        identifier=f"{prefix}-{uuid.uuid4().hex[:6]}",
-    )
+    return connect(stack.settings.mqtt_endpoint(), f"{prefix}-{uuid.uuid4().hex[:6]}")
 
 
 @contextlib.asynccontextmanager

@@ -15,6 +15,7 @@ import pytest
 
 from deploy.servers import ROOT, Server, find_binary, free_port, stay_user
 from edge_client.agent import DeviceAgent
+from schemas.mqtt import MqttEndpoint
 from services.runtime.app import Service
 from services.runtime.connection import ack, service_client
 from services.runtime.main import SERVICES
@@ -140,19 +141,6 @@ def test_the_acl_has_a_section_for_each_service_instance() -> None:
         assert topics == ["readwrite fl/#"], user
 
 
-def test_a_service_logs_in_as_its_identity_unless_given_a_username() -> None:
-    aggregator = identity("aggregator")
-    assert Settings(mqtt_password="p").mqtt_options(aggregator) == {
-        "username": aggregator,
-        "password": "p",
-    }
-    assert Settings(mqtt_username="u", mqtt_password="p").mqtt_options(aggregator) == {
-        "username": "u",
-        "password": "p",
-    }
-    assert Settings().mqtt_options(aggregator) == {}  # the dev broker: anonymous
-
-
 async def test_devices_cannot_read_others_updates_or_forge_events(secured_broker: int) -> None:
     # Prepare: the service sees fl/#, dev-b tries to see every device's updates
     seen_by_service: list[str] = []
@@ -207,8 +195,7 @@ async def test_an_agent_with_a_password_logs_in_as_its_device_id(secured_broker:
         "dev-a",
         np.zeros((4, 64), np.float32),
         np.zeros(4, np.int64),
-        host="127.0.0.1",
-        port=secured_broker,
+        endpoint=MqttEndpoint(port=secured_broker),
         password=PASSWORD,
     )
     statuses: list[str] = []

@@ -18,7 +18,7 @@ async def test_a_device_killed_mid_training_is_failed_by_its_last_will(
     stack: LocalStack, saga: FedSaga, fleet: Fleet, probe: Probe
 ) -> None:
     # Prepare: three more devices in their own OS process, which we will kill -9
-    env = {**os.environ, **stack.settings.env(), "FEDSAGA_LOW_BATTERY_SHARE": "0"}
+    env = {**os.environ, **stack.settings.env()}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -29,6 +29,8 @@ async def test_a_device_killed_mid_training_is_failed_by_its_last_will(
         "doomed",
         "--slowdown",
         "60",  # they must still be training when the process dies
+        "--low-battery-share",
+        "0",
         env=env,
     )
     try:

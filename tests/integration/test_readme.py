@@ -137,7 +137,7 @@ def test_round_start_refuses_bad_options_in_one_line(stack: LocalStack) -> None:
     ]
     unreachable = run(".venv/bin/fedsaga round start r9", {**env, "FEDSAGA_MQTT_PORT": "1"})
     assert unreachable.returncode == 2
-    assert "cannot reach the MQTT broker at 127.0.0.1:1" in unreachable.stderr
+    assert "cannot reach the MQTT broker at mqtt://127.0.0.1:1" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr
 
 

@@ -6,6 +6,7 @@ The services' decisions are tested in `test_decisions_<service>.py`.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -24,25 +25,81 @@ def test_a_seed_numpy_cannot_use_is_refused_by_the_request() -> None:
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """No FEDSAGA_* variables, and a config file path that does not exist yet."""
     for name in list(os.environ):
         if name.startswith("FEDSAGA_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("FEDSAGA_CONFIG", str(tmp_path / "config.toml"))
     return monkeypatch
 
 
-def test_from_env_without_variables_gives_the_defaults(clean_env: pytest.MonkeyPatch) -> None:
+def test_a_config_file_fills_in_what_the_environment_does_not(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Prepare
+    (tmp_path / "config.toml").write_text(
+        'mqtt_url = "mqtts://ops@broker.example"\n'
+        'redis_url = "redis://from-file:6379/0"\n'
+        "canary_stages = [20, 100]\n"
+    )
+    clean_env.setenv("FEDSAGA_REDIS_URL", "redis://from-env:6379/0")
+
+    # Execute
+    loaded = Settings()
+
+    # Assert: the environment wins over the file, the file over the defaults
+    assert loaded.redis_url == "redis://from-env:6379/0"
+    assert loaded.mqtt_endpoint("fedsaga-ops").url == "mqtts://ops@broker.example:8883"
+    assert loaded.canary_stages == (20, 100)
+
+
+def test_a_service_logs_in_as_its_identity_unless_given_a_username(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    aggregator = "fedsaga-aggregator-0"
+    with_password = Settings(mqtt_password="p").mqtt_endpoint(aggregator)
+    assert (with_password.username, with_password.password) == (aggregator, "p")
+    named = Settings(mqtt_username="u", mqtt_password="p").mqtt_endpoint(aggregator)
+    assert (named.username, named.password) == ("u", "p")
+    anonymous = Settings().mqtt_endpoint(aggregator)  # the dev broker
+    assert (anonymous.username, anonymous.password) == (None, None)
+
+
+def test_an_mqtt_url_wins_over_host_and_port(clean_env: pytest.MonkeyPatch) -> None:
+    # Prepare
+    clean_env.setenv("FEDSAGA_MQTT_HOST", "ignored")
+    clean_env.setenv("FEDSAGA_MQTT_URL", "mqtts://fedsaga-ops:s%40cret@broker:9883")
+    clean_env.setenv("FEDSAGA_MQTT_CA_FILE", "/etc/ca.pem")
+
+    # Execute
+    endpoint = Settings().mqtt_endpoint("fedsaga-ops")
+
+    # Assert
+    assert (endpoint.host, endpoint.port) == ("broker", 9883)
+    assert (endpoint.username, endpoint.password) == ("fedsaga-ops", "s@cret")
+    assert endpoint.uses_tls
+    assert endpoint.ca_file == "/etc/ca.pem"
+
+
+def test_a_bad_mqtt_url_is_refused_naming_it(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("FEDSAGA_MQTT_URL", "http://broker:1883")
+    with pytest.raises(ValidationError, match="http://broker:1883"):
+        Settings()
+
+
+def test_settings_without_variables_gives_the_defaults(clean_env: pytest.MonkeyPatch) -> None:
     # Prepare: clean_env
 
     # Execute
-    loaded = Settings.from_env()
+    loaded = Settings()
 
     # Assert
     assert loaded == Settings()
     assert loaded.canary_stages == (10, 50, 100)
 
 
-def test_from_env_reads_and_converts_fedsaga_variables(clean_env: pytest.MonkeyPatch) -> None:
+def test_settings_reads_and_converts_fedsaga_variables(clean_env: pytest.MonkeyPatch) -> None:
     # Prepare
     clean_env.setenv("FEDSAGA_MQTT_HOST", "broker.local")
     clean_env.setenv("FEDSAGA_MQTT_PORT", "1884")
@@ -56,7 +113,7 @@ def test_from_env_reads_and_converts_fedsaga_variables(clean_env: pytest.MonkeyP
     clean_env.setenv("MQTT_PORT", "9999")
 
     # Execute
-    loaded = Settings.from_env()
+    loaded = Settings()
 
     # Assert
     assert loaded.mqtt_host == "broker.local"
@@ -75,7 +132,7 @@ def test_shared_instances_need_their_own_instance_name(clean_env: pytest.MonkeyP
 
     # Execute / Assert: two "0"s would take each other's broker session over
     with pytest.raises(ValidationError, match="FEDSAGA_INSTANCE"):
-        Settings.from_env()
+        Settings()
 
 
 def test_overrides_win_over_the_environment(clean_env: pytest.MonkeyPatch) -> None:
@@ -84,7 +141,7 @@ def test_overrides_win_over_the_environment(clean_env: pytest.MonkeyPatch) -> No
     clean_env.setenv("FEDSAGA_MQTT_PORT", "1884")
 
     # Execute
-    loaded = Settings.from_env(instance="override")
+    loaded = Settings(instance="override")
 
     # Assert
     assert loaded.instance == "override"
@@ -110,7 +167,7 @@ def test_unparseable_variables_raise_value_error(
 
     # Execute / Assert
     with pytest.raises(ValueError):  # noqa: PT011 - pydantic or int(), both ValueErrors
-        Settings.from_env()
+        Settings()
 
 
 def test_env_round_trips(clean_env: pytest.MonkeyPatch) -> None:
@@ -129,7 +186,7 @@ def test_env_round_trips(clean_env: pytest.MonkeyPatch) -> None:
         clean_env.setenv(name, value)
 
     # Execute
-    loaded = Settings.from_env()
+    loaded = Settings()
 
     # Assert
     assert loaded == original
@@ -142,11 +199,12 @@ def test_env_names_every_field_as_a_string(clean_env: pytest.MonkeyPatch) -> Non
     # Execute
     env = current.env()
 
-    # Assert: every field that has a value, as a string; unset credentials are left out
-    unset = {"mqtt_username", "mqtt_password", "mqtt_ca_file"}
-    assert set(env) == {f"FEDSAGA_{name.upper()}" for name in Settings.model_fields} - {
-        f"FEDSAGA_{name.upper()}" for name in unset
+    # Assert: every field as a string, unset ones as null, and no config file to read
+    assert set(env) == {f"FEDSAGA_{name.upper()}" for name in Settings.model_fields} | {
+        "FEDSAGA_CONFIG"
     }
+    assert env["FEDSAGA_MQTT_URL"] == "null"
+    assert env["FEDSAGA_CONFIG"] == os.devnull
     assert all(isinstance(v, str) for v in env.values())
     assert env["FEDSAGA_CANARY_STAGES"] == "5,25,100"
 

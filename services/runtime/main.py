@@ -33,7 +33,7 @@ def main(name: str) -> None:
     if name not in SERVICES:
         raise SystemExit(f"unknown service {name!r}; one of {', '.join(SERVICES)}")
     settings = Settings()
-    configure(name)
+    configure(name, settings.log_level, settings.log_format)
     service = importlib.import_module(f"services.{name}").service
 
     async def serve() -> None:

@@ -10,23 +10,34 @@ import time
 from pathlib import Path
 
 from deploy.process import ChildProcess
-from deploy.servers import PrivateServers
+from deploy.servers import PrivateServers, free_port
 from services.runtime.main import SERVICES
 from services.runtime.settings import Settings
 
 
 class ServiceProcess(ChildProcess):
-    """One service running as `python -m services.NAME`, logging to a file."""
+    """One service running as `python -m services.NAME`, logging to a file, serving its
+    Prometheus metrics on a port of its own (`metrics_url`)."""
 
     def __init__(self, name: str, settings: Settings, workdir: Path) -> None:
         self.name = name
         self.settings = settings
         self.log = workdir / f"{name}.log"
+        self.metrics_port = free_port()  # kept across restarts
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        """Where Prometheus scrapes this service."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self) -> None:
         """Spawn the process (log appended, so a restart keeps history)."""
-        env = {**os.environ, **self.settings.env()}
+        env = {
+            **os.environ,
+            **self.settings.env(),
+            "FEDSAGA_METRICS_PORT": str(self.metrics_port),
+        }
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", f"services.{self.name}"],

@@ -14,22 +14,42 @@ that had no business sending it):
 
 A failed check is a `Refusal`: `stale` ones concern a round or iteration that moved on; the
 others are input the aggregator refuses. Either way nothing is added and the reason is reported.
+Each refusal also carries a short `code` from a fixed list (`REFUSAL_CODES`), the label that
+`fedsaga_updates_rejected_total` counts it under: its reason names devices and rounds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from federated.params import ParamSpec
 from schemas.device import DeviceUpdate
 
+# Why updates are refused, as metric labels: the checks below, then the handler's own.
+REFUSAL_CODES = (
+    "round_not_running",
+    "not_selected",
+    "iteration_not_open",
+    "wrong_base",
+    "too_many_examples",
+    "payload_base_mismatch",
+    "shape_mismatch",
+    "device_mismatch",  # the update's device id is not its topic's
+    "model_missing",  # the iteration's base model is gone
+    "bad_payload",  # the payload does not decode
+    "not_numeric",  # non-finite values, or a weight FedAvg cannot use
+    "iteration_closed",  # fenced while the update was being checked
+)
+
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why an update is not aggregated."""
+    """Why an update is not aggregated; `code` is the reason's label (equal reasons, equal
+    codes, so refusals compare by reason)."""
 
     reason: str
     stale: bool = False  # the round or the iteration has moved on
+    code: str = field(default="", compare=False)
 
 
 def check_update(
@@ -54,19 +74,25 @@ def check_update(
     """
     round_id, iteration = update.round_id, update.iteration
     if round_status != "running":
-        return Refusal(f"round {round_id} is {round_status}", stale=True)
+        return Refusal(f"round {round_id} is {round_status}", stale=True, code="round_not_running")
     if not selected:
-        return Refusal(f"device {update.device_id} was not selected for round {round_id}")
+        return Refusal(
+            f"device {update.device_id} was not selected for round {round_id}",
+            code="not_selected",
+        )
     if current_iteration is None or iteration != current_iteration or closing:
         return Refusal(
-            f"iteration {iteration} is not open (current {current_iteration})", stale=True
+            f"iteration {iteration} is not open (current {current_iteration})",
+            stale=True,
+            code="iteration_not_open",
         )
     if held_digest != update.base_digest:
-        return Refusal("update is not against the model this device was sent")
+        return Refusal("update is not against the model this device was sent", code="wrong_base")
     if registered_examples is not None and update.num_examples > registered_examples:
         return Refusal(
             f"num_examples {update.num_examples} exceeds the {registered_examples} "
-            "the device registered"
+            "the device registered",
+            code="too_many_examples",
         )
     return None
 
@@ -80,9 +106,11 @@ def check_payload(
 ) -> Refusal | None:
     """The checks a decoded payload passes; None when it passes them."""
     if payload_base_digest != base_digest:
-        return Refusal("payload base digest differs from the update's")
+        return Refusal(
+            "payload base digest differs from the update's", code="payload_base_mismatch"
+        )
     if payload_spec != model_spec:
-        return Refusal("update shapes do not match the model")
+        return Refusal("update shapes do not match the model", code="shape_mismatch")
     return None
 
 

@@ -15,6 +15,7 @@ import hashlib
 from federated.errors import NumericsError, PayloadError
 from federated.params import Params, add, check_finite, flatten, spec_of, unflatten
 from federated.payload import PayloadLimits, read_payload
+from schemas.base import now_ms
 from schemas.device import DeviceUpdate
 from schemas.events import (
     IterationCompleted,
@@ -23,8 +24,14 @@ from schemas.events import (
     UpdateReceived,
 )
 from schemas.steps import Step
-from services.aggregator.decisions import Refusal, check_payload, check_update, fedavg_weight
-from services.runtime import Context, Rejected, Service, StaleRound, compensation, keys, on
+from services.aggregator.decisions import (
+    REFUSAL_CODES,
+    Refusal,
+    check_payload,
+    check_update,
+    fedavg_weight,
+)
+from services.runtime import Context, Rejected, Service, StaleRound, compensation, keys, metrics, on
 from services.runtime.state import Field, RoundState
 
 _RETRIES = 50
@@ -32,7 +39,10 @@ _RETRIES = 50
 
 async def on_update(update: DeviceUpdate, ctx: Context) -> None:
     """Validate a device's update and fold it into the iteration's running FedAvg."""
-    ctx.check_device(update.device_id)
+    try:
+        ctx.check_device(update.device_id)
+    except Rejected as exc:
+        raise refused(Refusal(exc.reason, code="device_mismatch")) from exc
     state = await check_sender(update, ctx)
     delta = await decoded_delta(update, state, ctx)
     weight = fedavg_weight(update.num_examples, state.example_cap)
@@ -46,9 +56,14 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
             payload_bytes=len(update.blob),
         )
     except NumericsError as exc:
-        raise Rejected(f"update rejected: {exc}") from exc
-    if not added:
-        ctx.log.info("update already aggregated", device_id=update.device_id)
+        raise refused(Refusal(f"update rejected: {exc}", code="not_numeric")) from exc
+    except StaleRound as exc:
+        raise refused(Refusal(exc.reason, stale=True, code="iteration_closed")) from exc
+    if added:
+        metrics.UPDATES_ACCEPTED.inc()
+        metrics.payloads("uplink", "update", [len(update.blob)])
+    else:
+        ctx.log.info("update already aggregated")
     # Announced whether folded now or before (a replay after a crash, a retransmission): the
     # event's msg_id is per device and iteration, so it is logged once and dropped as a
     # duplicate by whoever already has it.
@@ -86,11 +101,11 @@ async def decoded_delta(update: DeviceUpdate, state: RoundState, ctx: Context) -
     base = state.at(update.iteration).base
     global_params = None if base is None else await ctx.store.get_params(base)
     if global_params is None:
-        raise Rejected("global model missing")
+        raise refused(Refusal("global model missing", code="model_missing"))
     try:
         payload = read_payload(update.blob, limits=PayloadLimits(max_bytes=len(update.blob)))
     except PayloadError as exc:
-        raise Rejected(f"bad update payload: {exc.reason}") from exc
+        raise refused(Refusal(f"bad update payload: {exc.reason}", code="bad_payload")) from exc
     _refuse(
         check_payload(
             base_digest=update.base_digest,
@@ -108,10 +123,16 @@ def received_id(round_id: str, it: int, device_id: str) -> str:
     return hashlib.sha256(key).hexdigest()[:32]
 
 
+def refused(refusal: Refusal) -> Rejected:
+    """The error the runtime expects for a refused update, counted under its code."""
+    metrics.UPDATES_REJECTED.labels(reason=metrics.bounded(refusal.code, REFUSAL_CODES)).inc()
+    return (StaleRound if refusal.stale else Rejected)(refusal.reason)
+
+
 def _refuse(refusal: Refusal | None) -> None:
-    """Raise what the runtime expects for a refused update."""
+    """Raise what the runtime expects for a refused update, if refused."""
     if refusal is not None:
-        raise (StaleRound if refusal.stale else Rejected)(refusal.reason)
+        raise refused(refusal)
 
 
 async def on_training_completed(event: TrainingCompleted, ctx: Context) -> None:
@@ -161,10 +182,16 @@ async def on_training_completed(event: TrainingCompleted, ctx: Context) -> None:
             f"aggregated_{it}",
             ModelAggregated(round_id=round_id, iterations=it + 1, digest=new_digest),
         )
+    metrics.step_done(Step.AGGREGATE)
+    deadline = state.at(it).deadline_ms
+    if deadline is not None:  # the coordinator fixed it when the train commands went out
+        started_ms = deadline - state.request.iteration_timeout_ms
+        metrics.ITERATION_SECONDS.observe((now_ms() - started_ms) / 1000)
 
 
 async def discard(round_id: str, ctx: Context) -> str:
     """Compensation: drop the running sums and the candidate model."""
+    metrics.compensated(Step.AGGREGATE)
     state = await ctx.store.get_round(round_id)
     dropped = await ctx.store.discard_aggregates(round_id, state.iteration + 1)
     candidate = state.candidate_digest

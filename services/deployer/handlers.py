@@ -29,7 +29,7 @@ from services.deployer.decisions import (
     stage_outcomes,
     stage_verdict,
 )
-from services.runtime import Context, Service, compensation, keys, on
+from services.runtime import Context, Service, compensation, keys, metrics, on
 from services.runtime.state import Field, stage_deadline_field, stage_started_field
 from services.runtime.weights import device_bases, send_weights
 
@@ -102,6 +102,7 @@ async def start_stage(round_id: str, stage: int, ctx: Context) -> None:
         version=version,
     )
     await ctx.store.incr(round_id, Field.BYTES_DEPLOY, sum(n for _, n in sent.values()))
+    metrics.payloads("downlink", "deploy", [n for _, n in sent.values()])
     for device_id, (rebuilt, _) in sent.items():
         await ctx.publish(
             topics.device(topics.DEVICE_CMD, device_id),
@@ -218,6 +219,7 @@ async def finish(round_id: str, ctx: Context) -> None:
             devices=devices,
         ),
     )
+    metrics.step_done(Step.DEPLOY)
     await ctx.emit_once(
         "completed", RoundCompleted(round_id=round_id, outcome="succeeded", version=version)
     )
@@ -226,6 +228,7 @@ async def finish(round_id: str, ctx: Context) -> None:
 
 async def rollback(round_id: str, ctx: Context) -> str:
     """Compensation: every device that got the version returns to its previous one."""
+    metrics.compensated(Step.DEPLOY)
     state = await ctx.store.get_round(round_id)
     version = state.candidate_version or ""
     deployed = await ctx.store.hgetall(keys.deployment(round_id))

@@ -12,7 +12,16 @@ from schemas.device import RevokeCommand
 from schemas.events import IterationCompleted, NodesSelected, WeightsDistributed
 from schemas.ops import RoundRequested
 from schemas.steps import Step
-from services.runtime import Context, Rejected, Service, StaleRound, compensation, keys, on
+from services.runtime import (
+    Context,
+    Rejected,
+    Service,
+    StaleRound,
+    compensation,
+    keys,
+    metrics,
+    on,
+)
 from services.runtime.state import Field, base_field
 from services.runtime.weights import device_bases, rng_for, send_weights
 
@@ -78,7 +87,10 @@ async def distribute(round_id: str, iteration: int, ctx: Context) -> None:
         ctx, round_id=round_id, target=target, bases=bases, purpose="train", iteration=iteration
     )
     await ctx.store.hset(keys.held(round_id), {d: dg for d, (dg, _) in sent.items()})
-    total = sum(n for _, n in sent.values())
+    sizes = {d: n for d, (_, n) in sent.items()}
+    await ctx.store.record_traffic(round_id, iteration, "down", sizes)
+    metrics.payloads("downlink", "train", list(sizes.values()))
+    total = sum(sizes.values())
     await ctx.store.incr(round_id, Field.BYTES_DOWN, total)
     await ctx.store.incr(round_id, Field.PAYLOADS_DOWN, len(sent))
     await ctx.store.set_fields(round_id, {Field.STEP: Step.TRAIN, Field.ITERATION: iteration})
@@ -92,10 +104,12 @@ async def distribute(round_id: str, iteration: int, ctx: Context) -> None:
             bytes_sent=total,
         ),
     )
+    metrics.step_done(Step.DISTRIBUTE)
 
 
 async def revoke(round_id: str, ctx: Context) -> str:
     """Compensation: every cohort device deletes the weights it got for this round."""
+    metrics.compensated(Step.DISTRIBUTE)
     cohort = await ctx.store.smembers(keys.cohort(round_id))
     for device_id in cohort:
         await ctx.publish(

@@ -24,6 +24,7 @@ from schemas import topics
 from schemas.base import now_ms
 from schemas.codec import decode_any
 from schemas.errors import DecodeError
+from services.runtime import metrics
 from services.runtime.connection import ack, service_client
 from services.runtime.context import Context
 from services.runtime.errors import Rejected
@@ -104,7 +105,9 @@ class Service:
     async def _failed(self, item: InFlight, exc: BaseException, ctx: Context) -> None:
         failed = item.failed(describe(exc))
         instance = ctx.settings.instance
-        if self.retry.after_failure(failed.attempts) == "retry":
+        verdict = self.retry.after_failure(failed.attempts)
+        self._count(item.topic, verdict)
+        if verdict == "retry":
             due = now_ms() + self.retry.backoff_ms(failed.attempts)
             await ctx.store.journal_retry_at(self.name, instance, failed, due)
             log.warning(
@@ -122,22 +125,43 @@ class Service:
         try:
             obj: Any = decode_any(payload, route.model)
         except DecodeError as exc:
+            self._count(topic, "invalid")
             await ctx.reject(topic, f"invalid payload: {exc.reason}")
             return
         msg_id = getattr(obj, "msg_id", None)
         round_id = getattr(obj, "round_id", None)
         if msg_id and await ctx.store.seen(self.name, msg_id):
+            self._count(topic, "duplicate")
             log.debug("duplicate", topic=topic, msg_id=msg_id)
             return
         # A context of its own: the retry and timer loops handle messages concurrently.
         here = dataclasses.replace(ctx, topic=topic)
-        with structlog.contextvars.bound_contextvars(round_id=round_id, topic=topic):
+        # Whom the message concerns, for every log line the handler writes.
+        about = {
+            k: v
+            for k in ("round_id", "iteration", "device_id")
+            if (v := getattr(obj, k, None)) is not None
+        }
+        message = route.model.__name__
+        with (
+            structlog.contextvars.bound_contextvars(topic=topic, **about),
+            metrics.HANDLER_SECONDS.labels(service=self.name, message=message).time(),
+        ):
             try:
                 await route.handler(obj, here)
             except Rejected as exc:
+                self._count(topic, "rejected")
                 await here.reject(topic, exc.reason, round_id)
+            else:
+                self._count(topic, "handled")
         if msg_id:
             await ctx.store.mark_seen(self.name, msg_id)
+
+    def _count(self, topic: str, result: str) -> None:
+        """Count a message of `topic` by what became of it (fedsaga_messages_total)."""
+        route = self.route(topic)
+        message = route.model.__name__ if route is not None else metrics.OTHER
+        metrics.MESSAGES.labels(service=self.name, message=message, result=result).inc()
 
     # -- the journal ----------------------------------------------------------------------------
 
@@ -213,6 +237,9 @@ class Service:
         """Serve forever, reconnecting whenever the broker or Redis goes away."""
         store = SagaStore.from_url(settings.redis_url, ttl_s=settings.key_ttl_s)
         ctx = Context(service=self.name, settings=settings, store=store)
+        if settings.metrics_port:
+            metrics.serve(settings.metrics_port)
+            log.info("metrics served", port=settings.metrics_port)
         backoff = 0.2
         try:
             while True:

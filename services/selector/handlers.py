@@ -13,7 +13,7 @@ from schemas.device import DeviceStatus
 from schemas.events import NodesSelected, RoundCompleted, RoundFailed, StepCompensated
 from schemas.ops import RoundRequested
 from schemas.steps import Step
-from services.runtime import Context, Rejected, Service, compensation, keys, on
+from services.runtime import Context, Rejected, Service, compensation, keys, metrics, on
 from services.runtime.state import Field
 from services.selector.decisions import (
     COMPENSATION_NUDGE_MS,
@@ -77,6 +77,7 @@ async def select(request: RoundRequested, ctx: Context) -> None:
         round_id=round_id, request=request, cohort=sorted(cohort), eligible=len(candidates)
     )
     await ctx.emit_once("selected", selected)
+    metrics.step_done(Step.SELECT)
 
 
 async def lease_cohort(
@@ -117,9 +118,23 @@ async def release_all(round_id: str, ctx: Context) -> str:
     return f"released {released} leases"
 
 
+async def compensate(round_id: str, ctx: Context) -> str:
+    """Compensation of step 1: release the round's leases."""
+    metrics.compensated(Step.SELECT)
+    return await release_all(round_id, ctx)
+
+
 async def on_round_completed(event: RoundCompleted, ctx: Context) -> None:
-    """A finished round gives its devices back."""
+    """A finished round gives its devices back (and is counted, by outcome)."""
     await release_all(event.round_id, ctx)
+    metrics.ROUNDS.labels(outcome=event.outcome).inc()
+    created = await ctx.store.hget(keys.round_hash(event.round_id), Field.CREATED_MS)
+    if created is not None:
+        seconds = max(event.ts_ms - int(created), 0) / 1000
+        metrics.ROUND_SECONDS.labels(outcome=event.outcome).observe(seconds)
+    state = await ctx.store.get_round(event.round_id)
+    if event.outcome == "failed" and state.failed_step is not None:
+        metrics.step_failed(state.failed_step)
 
 
 async def on_compensated(event: StepCompensated, ctx: Context) -> None:
@@ -148,6 +163,6 @@ service = Service(
         on(on_status),
         on(on_round_completed),
         on(on_compensated, topics.compensated_filter(Step.SELECT)),  # the chain's last link
-        *compensation(Step.SELECT, release_all),
+        *compensation(Step.SELECT, compensate),
     ],
 )

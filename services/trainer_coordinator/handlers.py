@@ -21,11 +21,12 @@ from schemas.device import (
 )
 from schemas.events import TrainingCompleted, UpdateReceived, WeightsDistributed
 from schemas.steps import Step
-from services.runtime import Context, Service, compensation, keys, on
+from services.runtime import Context, Service, compensation, keys, metrics, on
 from services.runtime.state import Field, closing_field, deadline_field, training_field
 from services.trainer_coordinator.decisions import (
     DONE,
     TRAINING,
+    Quorum,
     failed_state,
     failure_note,
     fence,
@@ -174,6 +175,8 @@ async def close_if_settled(
         cohort=len(await ctx.store.smembers(keys.cohort(round_id))),
         min_nodes=request.min_participating_nodes,
     )
+    deadline = await ctx.store.hget(keys.round_hash(round_id), deadline_field(iteration))
+    count_iteration(judged, deadline, request.iteration_timeout_ms)
     if judged.failures:
         noted = {d: failure_note(r, iteration) for d, r in judged.failures.items()}
         await ctx.store.hset(keys.failures(round_id), noted)
@@ -191,10 +194,23 @@ async def close_if_settled(
             failures=judged.failures,
         ),
     )
+    metrics.step_done(Step.TRAIN)
+
+
+def count_iteration(judged: Quorum, deadline_ms: str | None, timeout_ms: int) -> None:
+    """Count a closed iteration's devices by outcome, and how long its training took."""
+    for _ in judged.done:
+        metrics.device_outcome(DONE)
+    for reason in judged.failures.values():
+        metrics.device_outcome(reason)
+    if deadline_ms is not None:  # fixed, `timeout_ms` ahead, when the train commands went out
+        started_ms = int(deadline_ms) - timeout_ms
+        metrics.TRAINING_SECONDS.observe((now_ms() - started_ms) / 1000)
 
 
 async def stop_training(round_id: str, ctx: Context) -> str:
     """Compensation: devices still in the round stop training."""
+    metrics.compensated(Step.TRAIN)
     active = await ctx.store.smembers(keys.active(round_id))
     state = await ctx.store.get_round(round_id)
     await ctx.store.cancel(ctx.service, round_id, f"deadline:{state.iteration}")

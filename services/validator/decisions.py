@@ -6,9 +6,15 @@ parent's recorded accuracy. Equal to the target passes; a candidate without a pa
 against the target alone. A candidate that passes gets its parent's next minor version (1.0.0
 when it has no parent, skipping numbers already taken); one that fails ends the round at
 step 5 with the reason below, and the previous version stays active.
+
+As the round goes, the validator also scores each iteration's aggregate on the holdout, once,
+for the round's learning curve (the round report draws it); the verdict is only ever on the
+final candidate.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from schemas.semver import Version
 
@@ -37,3 +43,17 @@ def validation_failure(
 def first_candidate(parent: str | None) -> Version:
     """The version a candidate asks for first: its parent's next minor, or 1.0.0."""
     return Version.parse(parent).next_minor() if parent else FIRST_VERSION
+
+
+def score_iteration(round_status: str, scored: bool) -> bool:
+    """Score an iteration's aggregate now? Once per iteration, for a round that exists.
+
+    A failing round still gets its curve (it shows how far training got); a round nobody
+    knows gets no keys written for it.
+    """
+    return round_status != "unknown" and not scored
+
+
+def curve_point(metrics: Mapping[str, float]) -> dict[str, float]:
+    """An iteration's point on the learning curve: its holdout metrics, not its parent's."""
+    return {k: v for k, v in metrics.items() if k != "parent_accuracy"}

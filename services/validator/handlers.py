@@ -4,6 +4,10 @@ A candidate that meets `target_accuracy` and does not regress more than `max_reg
 its parent gets the next semantic version (after its parent) in the model registry. Otherwise
 the round fails here. Compensation records the failure with its metrics.
 
+Off the saga's path, it also scores each iteration's aggregate as the aggregator announces it
+(`IterationCompleted`, which the distributor acts on without waiting for this), for the
+round's learning curve; the final iteration's point is the candidate's own score.
+
 What it decides is in `decisions.py`, free of I/O; these handlers read, call it and write.
 """
 
@@ -19,11 +23,17 @@ from federated.data import load_digits, train_holdout_split
 from federated.metrics import classification_metrics
 from federated.model import predict
 from federated.params import Params
-from schemas.events import ModelAggregated, ModelValidated
+from schemas.events import IterationCompleted, ModelAggregated, ModelValidated
 from schemas.steps import Step
 from services.runtime import Context, Rejected, Service, compensation, on
+from services.runtime.metrics import HOLDOUT_ACCURACY, compensated, step_done
 from services.runtime.state import Field, RoundState
-from services.validator.decisions import first_candidate, validation_failure
+from services.validator.decisions import (
+    curve_point,
+    first_candidate,
+    score_iteration,
+    validation_failure,
+)
 
 
 @functools.cache
@@ -57,6 +67,7 @@ async def on_model_aggregated(event: ModelAggregated, ctx: Context) -> None:
         await ctx.fail(round_id, Step.VALIDATE, f"candidate {event.digest} is missing")
         return
     metrics = await score(params, state, ctx)
+    await ctx.store.record_accuracy(round_id, event.iterations - 1, curve_point(metrics))
     failure = validation_failure(
         metrics["accuracy"],
         state.request.target_accuracy,
@@ -77,16 +88,35 @@ async def on_model_aggregated(event: ModelAggregated, ctx: Context) -> None:
         metrics=metrics,
     )
     await ctx.emit_once("validated", validated)
+    step_done(Step.VALIDATE)
 
 
 async def score(params: Params, state: RoundState, ctx: Context) -> dict[str, float]:
     """The candidate's holdout metrics, with its parent's accuracy; recorded on the round."""
     metrics = evaluate(params, ctx.settings.data_seed, ctx.settings.holdout_fraction)
+    HOLDOUT_ACCURACY.labels(model="candidate").set(metrics["accuracy"])
     if state.parent_version:
         record = await ctx.store.get_version(state.model_name, state.parent_version)
         metrics["parent_accuracy"] = json.loads(record.get("metrics", "{}")).get("accuracy", 0.0)
     await ctx.store.set_fields(state.round_id, {Field.METRICS: json.dumps(metrics)})
     return metrics
+
+
+async def on_iteration_completed(event: IterationCompleted, ctx: Context) -> None:
+    """Score an iteration's aggregate on the holdout (once) for the round's learning curve."""
+    round_id, it = event.round_id, event.iteration
+    state = await ctx.store.get_round(round_id)
+    if not score_iteration(state.status, await ctx.store.scored(round_id, it)):
+        return
+    params = await ctx.store.get_params(event.global_digest)
+    if params is None:
+        ctx.log.warning("iteration model gone before it was scored", digest=event.global_digest)
+        return
+    # In a thread: the probe and the retry loop keep running while numpy works.
+    s = ctx.settings
+    metrics = await asyncio.to_thread(evaluate, params, s.data_seed, s.holdout_fraction)
+    await ctx.store.record_accuracy(round_id, it, curve_point(metrics))
+    HOLDOUT_ACCURACY.labels(model="iteration").set(metrics["accuracy"])
 
 
 async def register(digest: str, metrics: dict[str, float], state: RoundState, ctx: Context) -> str:
@@ -125,6 +155,7 @@ async def claim_version(
 
 async def record_failure(round_id: str, ctx: Context) -> str:
     """Compensation: record why validation (or a later step) rejected the candidate."""
+    compensated(Step.VALIDATE)
     state = await ctx.store.get_round(round_id)
     record = json.dumps(
         {"reason": state.failure_reason, "step": state.failed_step, "metrics": state.metrics}
@@ -149,6 +180,7 @@ service = Service(
     on_connect=warm_up,
     routes=[
         on(on_model_aggregated),
+        on(on_iteration_completed),
         *compensation(Step.VALIDATE, record_failure),
     ],
 )

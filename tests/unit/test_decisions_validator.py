@@ -1,4 +1,5 @@
-"""The validator's decisions: the verdict against target and parent, and the first version."""
+"""The validator's decisions: the verdict against target and parent, the first version, and
+when an iteration's aggregate is scored for the learning curve."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.semver import Version
-from services.validator.decisions import FIRST_VERSION, first_candidate, validation_failure
+from services.validator.decisions import (
+    FIRST_VERSION,
+    curve_point,
+    first_candidate,
+    score_iteration,
+    validation_failure,
+)
 
 PROPERTY = settings(database=None, deadline=None)
 
@@ -105,3 +112,33 @@ def test_first_candidate_is_the_parents_next_minor_or_the_first_version() -> Non
     # Assert
     assert orphan == FIRST_VERSION == Version(1, 0, 0)
     assert child == Version(1, 5, 0)
+
+
+@pytest.mark.parametrize(
+    ("status", "scored", "expected"),
+    [
+        ("running", False, True),
+        ("running", True, False),  # a replay: the first score stands
+        ("compensating", False, True),  # a failing round keeps its curve
+        ("failed", False, True),
+        ("succeeded", False, True),  # announced before the round ended, handled after
+        ("unknown", False, False),  # no keys for a round nobody knows
+    ],
+)
+def test_an_iteration_is_scored_once_for_a_round_that_exists(
+    status: str, scored: bool, expected: bool
+) -> None:
+    # Execute / Assert
+    assert score_iteration(status, scored) is expected
+
+
+def test_a_curve_point_keeps_the_holdout_metrics_and_not_the_parents() -> None:
+    # Prepare
+    metrics = {"accuracy": 0.91, "f1": 0.9, "parent_accuracy": 0.88}
+
+    # Execute
+    point = curve_point(metrics)
+
+    # Assert
+    assert point == {"accuracy": 0.91, "f1": 0.9}
+    assert metrics["parent_accuracy"] == 0.88  # the candidate's record is left as it was

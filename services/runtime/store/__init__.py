@@ -8,6 +8,7 @@
 | `aggregates.py` | each iteration's running FedAvg sum and who is in it |
 | `journal.py` | each instance's in-flight messages, dead letters, handled-message marks |
 | `timers.py` | round deadlines per service, claimed by one instance when due |
+| `progress.py` | per iteration: the validator's holdout metrics, each payload's size |
 
 Every key is named in `services/runtime/keys.py`.
 """
@@ -19,11 +20,14 @@ from services.runtime.store.aggregates import AggregateStore
 from services.runtime.store.devices import DeviceStore
 from services.runtime.store.journal import InFlight, JournalStore
 from services.runtime.store.models import ModelStore, decode_params, encode_params
+from services.runtime.store.progress import Payload, ProgressStore
 from services.runtime.store.rounds import RoundStore
 from services.runtime.store.timers import TimerStore
 
 
-class SagaStore(RoundStore, AggregateStore, DeviceStore, ModelStore, JournalStore, TimerStore):
+class SagaStore(
+    RoundStore, AggregateStore, DeviceStore, ModelStore, JournalStore, TimerStore, ProgressStore
+):
     """All Redis access of the services goes through here."""
 
     @classmethod
@@ -32,4 +36,4 @@ class SagaStore(RoundStore, AggregateStore, DeviceStore, ModelStore, JournalStor
         return cls(connect(url), ttl_s=ttl_s)
 
 
-__all__ = ["InFlight", "SagaStore", "decode_params", "encode_params"]
+__all__ = ["InFlight", "Payload", "SagaStore", "decode_params", "encode_params"]

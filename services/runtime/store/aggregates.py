@@ -15,6 +15,7 @@ from services.runtime import keys
 from services.runtime.errors import SagaConflict, StaleRound
 from services.runtime.state import Field
 from services.runtime.store._base import StoreBase, raw_opt, texts
+from services.runtime.store.progress import traffic_field
 
 _WATCH_RETRIES = 50
 
@@ -34,10 +35,11 @@ class AggregateStore(StoreBase):
     ) -> bool:
         """Add one weighted update to the iteration's sum; False if the device is in it.
 
-        The round's uplink counters move in the same transaction, so they count each update
-        exactly once too.
+        The round's uplink counters and the update's size (`progress.py`) are written in the
+        same transaction, so they count each update exactly once too.
         """
         acc_key, contrib_key = keys.accumulator(round_id, it), keys.contributors(round_id, it)
+        traffic_key = keys.traffic(round_id)
         round_key, it_key = keys.round_hash(round_id), keys.iteration(round_id, it)
         for _ in range(_WATCH_RETRIES):
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -58,6 +60,8 @@ class AggregateStore(StoreBase):
                     pipe.expire(contrib_key, self.ttl_s)
                     pipe.hincrby(round_key, Field.BYTES_UP, payload_bytes)
                     pipe.hincrby(round_key, Field.PAYLOADS_UP, 1)
+                    pipe.hset(traffic_key, traffic_field(it, "up", device_id), payload_bytes)
+                    pipe.expire(traffic_key, self.ttl_s)
                     await pipe.execute()
                     return True
                 except WatchError:

@@ -141,3 +141,17 @@ class DeviceReport(Message):
     reason: str | None = None  # a FailureReason when `status` is "failed" or "deploy_failed"
     version: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class DeviceRejected(Message):
+    """Why a service refused a message the device sent, on `fl/device/{id}/rejected`.
+
+    Nothing the refused message asked for happened; a corrected message needs a new msg_id.
+    """
+
+    kind: Literal["device.rejected"] = "device.rejected"
+    device_id: DeviceId
+    service: str
+    topic: str  # where the refused message arrived: the device's update, report or status
+    reason: str
+    round_id: str | None = None

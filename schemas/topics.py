@@ -18,6 +18,8 @@ DEVICE_MODEL = "fl/device/{device_id}/model"
 DEVICE_STATUS = "fl/device/{device_id}/status"
 DEVICE_UPDATE = "fl/device/{device_id}/update"
 DEVICE_REPORT = "fl/device/{device_id}/report"
+# Why a service refused a message the device sent (only that device may read it).
+DEVICE_REJECTED = "fl/device/{device_id}/rejected"
 ALL_STATUS = "fl/device/+/status"
 ALL_UPDATES = "fl/device/+/update"
 ALL_REPORTS = "fl/device/+/report"

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from schemas import topics
 from schemas.codec import encode
+from schemas.device import DeviceRejected
 from schemas.events import ErrorReport, Event, RoundFailed, StepCompensated
 from services.runtime.errors import Rejected
 from services.runtime.settings import Settings
@@ -98,10 +99,23 @@ class Context:
             await self.emit_once("failed", failed)
 
     async def reject(self, topic: str, reason: str, round_id: str | None = None) -> None:
-        """Report rejected input on `fl/errors/{service}`."""
+        """Report rejected input on `fl/errors/{service}`, and to its device when a device
+        sent it (on `fl/device/{id}/rejected`, which the ACL lets only that device read)."""
         log.warning("rejected", topic=topic, reason=reason, round_id=round_id)
         report = ErrorReport(service=self.service, topic=topic, reason=reason, round_id=round_id)
         await self.publish(topics.errors(self.service), report)
+        try:
+            device_id = topics.device_of(topic)
+        except ValueError:
+            return  # an operator's or a service's message: the error topic is enough
+        told = DeviceRejected(
+            device_id=device_id,
+            service=self.service,
+            topic=topic,
+            reason=reason,
+            round_id=round_id,
+        )
+        await self.publish(topics.device(topics.DEVICE_REJECTED, device_id), told)
 
     def check_device(self, device_id: str) -> None:
         """Reject a device message whose device id differs from its topic's."""

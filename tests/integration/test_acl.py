@@ -174,6 +174,46 @@ async def test_devices_cannot_read_others_updates_or_forge_events(secured_broker
     assert seen_by_b == []  # neither a's update nor the saga's events
 
 
+def test_a_device_reads_and_writes_only_its_own_topics() -> None:
+    # Prepare
+    lines = [line.split() for line in ACL.read_text().splitlines()]
+
+    # Execute
+    rights = {(line[1], line[2]) for line in lines if line[:1] == ["pattern"]}
+
+    # Assert: what docs/device-protocol.md (section 1) promises a device, and nothing more
+    assert rights == {
+        ("read", "fl/device/%u/cmd"),
+        ("read", "fl/device/%u/model"),
+        ("read", "fl/device/%u/rejected"),
+        ("write", "fl/device/%u/status"),
+        ("write", "fl/device/%u/update"),
+        ("write", "fl/device/%u/report"),
+    }
+
+
+async def test_a_device_reads_why_its_own_messages_were_refused(secured_broker: int) -> None:
+    # Prepare: dev-a asks for every device's refusals
+    seen_by_a: list[str] = []
+    async with (
+        service_session(secured_broker, "aggregator") as svc,
+        connect(secured_broker, "dev-a") as a,
+        connect(secured_broker, "dev-b") as b,
+    ):
+        await a.subscribe("fl/device/+/rejected", qos=1)
+        reader = asyncio.create_task(collect(a, seen_by_a))
+
+        # Execute
+        await svc.publish("fl/device/dev-a/rejected", b"a's reason", qos=1)
+        await svc.publish("fl/device/dev-b/rejected", b"b's reason", qos=1)
+        await b.publish("fl/device/dev-a/rejected", b"forged", qos=1)  # not b's to write
+        await asyncio.sleep(1.0)
+        reader.cancel()
+
+    # Assert: its own, once (from the service); not b's, and not b's forgery
+    assert seen_by_a == ["fl/device/dev-a/rejected"]
+
+
 async def test_anonymous_and_wrong_password_are_refused(secured_broker: int) -> None:
     with pytest.raises(aiomqtt.MqttError):
         async with aiomqtt.Client("127.0.0.1", secured_broker, protocol=aiomqtt.ProtocolVersion.V5):

@@ -31,6 +31,7 @@ from schemas.device import (
     MAX_BLOB,
     DeployCommand,
     DeviceCommand,
+    DeviceRejected,
     DeviceReport,
     DeviceStatus,
     DeviceUpdate,
@@ -174,6 +175,13 @@ def _samples() -> list[Message]:
             status="deployed",
             version="1.3.0",
             metrics={"accuracy": 0.9, "previous_accuracy": 0.8},
+        ),
+        DeviceRejected(
+            device_id="d1",
+            service="aggregator",
+            topic="fl/device/d1/update",
+            reason="iteration 1 is not open (current 2)",
+            round_id="r-1",
         ),
     ]
 

@@ -1,7 +1,9 @@
 """Private mosquitto and redis-server instances on free loopback ports.
 
 Used by `fedsaga up`/`demo` and by the integration-test fixtures, so neither depends on nor
-disturbs servers already running on the standard ports.
+disturbs servers already running on the standard ports. The broker runs mosquitto/dev.conf
+(anonymous, plain TCP), or mosquitto/prod.conf itself with only its port and file paths
+changed (`ProdBroker`: TLS, passwords, the ACL), so tests exercise the file we deploy.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +22,8 @@ from deploy.process import ChildProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO_CONF = ROOT / "mosquitto" / "dev.conf"
+PROD_CONF = ROOT / "mosquitto" / "prod.conf"
+ACL_FILE = ROOT / "mosquitto" / "fedsaga.acl"
 REDIS_CONF = ROOT / "deploy" / "redis.conf"
 
 
@@ -93,6 +98,78 @@ def mosquitto(workdir: Path, port: int | None = None) -> Server:
     return Server("mosquitto", port, workdir, [find_binary("mosquitto"), "-c", str(conf)])
 
 
+@dataclass(frozen=True)
+class ProdBroker:
+    """This machine's files for a broker run from mosquitto/prod.conf: its TLS material, its
+    password file (`mosquitto_passwd`) and its ACL (the project's own unless given)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    password_file: Path
+    acl_file: Path = ACL_FILE
+    # Also open a copy of prod.conf's listener here with `require_certificate true`, where only
+    # clients with a certificate signed by `ca_file` get in.
+    client_cert_port: int | None = None
+
+
+def set_options(text: str, values: Mapping[str, str]) -> str:
+    """A mosquitto config with the value of each option in `values` replaced where the config
+    first sets it. An option the config does not set is an error: a renamed or dropped option
+    in the file is noticed, not silently left at the value meant for another machine."""
+    lines = text.splitlines()
+    for option, value in values.items():
+        at = next((i for i, line in enumerate(lines) if line.split(" ", 1)[0] == option), None)
+        if at is None:
+            raise ValueError(f"the config does not set {option}")
+        lines[at] = f"{option} {value}"
+    return "\n".join(lines) + "\n"
+
+
+def listener_block(text: str) -> str:
+    """The config's first `listener` line and the listener options below it, up to the first
+    blank line (prod.conf keeps them together)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("listener "))
+    end = next((i for i in range(start, len(lines)) if not lines[i].strip()), len(lines))
+    return "\n".join(lines[start:end]) + "\n"
+
+
+def prod_config(files: ProdBroker, port: int, data_dir: Path) -> str:
+    """mosquitto/prod.conf listening on 127.0.0.1:`port`, with `files` and persistence in
+    `data_dir`; every other line as deployed."""
+    text = PROD_CONF.read_text()
+    tls = {
+        "certfile": str(files.cert_file),
+        "keyfile": str(files.key_file),
+        "cafile": str(files.ca_file),
+    }
+    conf = set_options(
+        text,
+        {
+            "password_file": str(files.password_file),
+            "acl_file": str(files.acl_file),
+            "listener": f"{port} 127.0.0.1",
+            **tls,
+            "persistence_location": f"{data_dir}/",
+        },
+    )
+    if files.client_cert_port is not None:
+        extra = {"listener": f"{files.client_cert_port} 127.0.0.1", **tls}
+        conf += "\n" + set_options(listener_block(text), extra | {"require_certificate": "true"})
+    return conf
+
+
+def prod_mosquitto(workdir: Path, files: ProdBroker, port: int | None = None) -> Server:
+    """A mosquitto on a free port with mosquitto/prod.conf (see `prod_config`)."""
+    port = port or free_port()
+    data = workdir / "mosquitto-data"
+    data.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(prod_config(files, port, data) + stay_user())
+    return Server("mosquitto", port, workdir, [find_binary("mosquitto"), "-c", str(conf)])
+
+
 def stay_user() -> str:
     """Config line keeping a private mosquitto started by root as root.
 
@@ -113,12 +190,19 @@ def redis(workdir: Path, port: int | None = None) -> Server:
 
 
 class PrivateServers:
-    """Both servers, started together in a temporary directory: `with PrivateServers() as s`."""
+    """Both servers, started together in a temporary directory: `with PrivateServers() as s`.
 
-    def __init__(self, workdir: Path | None = None) -> None:
+    The broker runs mosquitto/dev.conf, or prod.conf with `prod`'s files.
+    """
+
+    def __init__(self, workdir: Path | None = None, *, prod: ProdBroker | None = None) -> None:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="fedsaga-")
         self.workdir = workdir or Path(self._tmp.name)  # type: ignore[union-attr]
-        self.broker = mosquitto(self.workdir)
+        self.prod = prod
+        if prod is None:
+            self.broker = mosquitto(self.workdir)
+        else:
+            self.broker = prod_mosquitto(self.workdir, prod)
         self.redis = redis(self.workdir)
 
     @property
@@ -130,7 +214,10 @@ class PrivateServers:
         self.redis.start()
         try:
             self.broker.start()
+            if self.prod is not None and self.prod.client_cert_port is not None:
+                wait_for_port(self.prod.client_cert_port)
         except BaseException:
+            self.broker.stop()
             self.redis.stop()
             raise
         return self

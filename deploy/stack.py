@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from deploy.process import ChildProcess
-from deploy.servers import PrivateServers, free_port
+from deploy.servers import PrivateServers, ProdBroker, free_port
 from services.runtime.main import SERVICES
 from services.runtime.settings import Settings
 
@@ -73,10 +73,16 @@ class ServiceProcess(ChildProcess):
 
 
 class LocalStack:
-    """`with LocalStack() as stack`: servers up, six services serving; all stopped after."""
+    """`with LocalStack() as stack`: servers up, six services serving; all stopped after.
 
-    def __init__(self, workdir: Path | None = None, **settings: object) -> None:
-        self.servers = PrivateServers(workdir)
+    With `broker`, mosquitto runs mosquitto/prod.conf with its files (TLS, passwords, the ACL)
+    and the services connect over TLS, logging in with the `mqtt_password` setting.
+    """
+
+    def __init__(
+        self, workdir: Path | None = None, *, broker: ProdBroker | None = None, **settings: object
+    ) -> None:
+        self.servers = PrivateServers(workdir, prod=broker)
         self.workdir = self.servers.workdir
         # The private servers, whatever broker or Redis the environment names.
         private = {
@@ -85,13 +91,14 @@ class LocalStack:
             "mqtt_port": self.servers.broker.port,
             "mqtt_username": None,
             "mqtt_password": None,
-            "mqtt_tls": False,
-            "mqtt_ca_file": None,
+            "mqtt_tls": broker is not None,
+            "mqtt_ca_file": None if broker is None else str(broker.ca_file),
             "mqtt_cert_file": None,
             "mqtt_key_file": None,
             "redis_url": self.servers.redis_url,
         }
-        self.settings = Settings(**private, **settings)  # type: ignore[arg-type]
+        # Settings passed in (credentials, say) win over these.
+        self.settings = Settings(**(private | settings))  # type: ignore[arg-type]
         self.services = {n: ServiceProcess(n, self.settings, self.workdir) for n in SERVICES}
 
     def __enter__(self) -> LocalStack:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -19,17 +20,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiomqtt
 
-from fedsaga.status import RoundResult, round_result
+from fedsaga.status import RoundResult, UnknownRound, round_result
 from schemas import topics
 from schemas.codec import decode, encode
 from schemas.errors import DecodeError
 from schemas.events import SagaEvent
 from schemas.mqtt import connect
-from schemas.ops import RoundRequested
+from schemas.ops import RoundRequested, RoundStopRequested
 from services.runtime.settings import Settings
 from services.runtime.store import SagaStore
 
 POLL_S = 1.0
+APPEAR_S = 5.0  # how long stop() waits for a just-requested round to be recorded
 OPS_USER = "fedsaga-ops"
 RECONNECT_S = 0.5
 
@@ -45,6 +47,10 @@ def redact(url: str) -> str:
 
 class RoundExists(ValueError):
     """A round with this id was requested before: round ids are never reused."""
+
+
+class RoundNotRunning(ValueError):
+    """The round has ended (or is already failing): there is nothing to stop."""
 
 
 class FedSaga:
@@ -63,7 +69,7 @@ class FedSaga:
     @property
     def where(self) -> str:
         """The broker and Redis this client talks to, for messages."""
-        return f"{self.endpoint.url}, Redis {redact(self.settings.redis_url)}"
+        return f"broker {self.endpoint.url}, Redis {redact(self.settings.redis_url)}"
 
     async def __aenter__(self) -> FedSaga:
         await self._connect()
@@ -133,27 +139,53 @@ class FedSaga:
         await self._client.publish(topics.ROUND_START, encode(request), qos=1)
 
     async def run(self, request: RoundRequested, *, timeout: float = 300.0) -> RoundResult:
-        """Start a round and return its result once it completed or was compensated.
+        """Start a round and return its result once it completed or was compensated."""
+        # Listen before the request goes out, so its completion cannot slip past.
+        self._waiters.setdefault(request.round_id, asyncio.get_running_loop().create_future())
+        try:
+            await self.start(request)
+        except BaseException:
+            self._waiters.pop(request.round_id, None)
+            raise
+        return await self.wait(request.round_id, timeout=timeout)
+
+    async def stop(self, round_id: str, reason: str = "") -> None:
+        """Ask the selector to cancel a running round (`UnknownRound`, or `RoundNotRunning`
+        when it has already ended); the compensations of the steps done follow."""
+        if self._client is None:
+            raise aiomqtt.MqttError("not connected to the broker")
+        state = await self.store.get_round(round_id)
+        # A round requested a moment ago may not be recorded yet: give the selector a moment.
+        deadline = time.monotonic() + APPEAR_S
+        while not state.exists and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            state = await self.store.get_round(round_id)
+        if not state.exists:
+            raise UnknownRound(f"no round {round_id}")
+        if not state.running:
+            raise RoundNotRunning(f"round {round_id} is {state.status}, not running")
+        stop = RoundStopRequested(round_id=round_id, reason=reason)
+        await self._client.publish(topics.ROUND_STOP, encode(stop), qos=1)
+
+    async def wait(self, round_id: str, *, timeout: float = 300.0) -> RoundResult:
+        """The round's result once it completed (succeeded, or failed and compensated).
 
         The terminal event usually arrives over MQTT; the round's log in Redis is checked too,
         so a dropped connection (a broker restart, say) delays the answer by at most a poll.
         """
-        round_id = request.round_id
-        done = self._waiters[round_id] = asyncio.get_running_loop().create_future()
+        done = self._waiters.setdefault(round_id, asyncio.get_running_loop().create_future())
         try:
-            await self.start(request)
-            try:
-                async with asyncio.timeout(timeout):
-                    while not done.done():
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(asyncio.shield(done), POLL_S)
-                        if await self.store.last_event_kind(round_id) == "round.completed":
-                            break
-            except TimeoutError:
-                raise TimeoutError(
-                    f"round {round_id}: no result within {timeout:g} s "
-                    f"(status {(await self.status(round_id)).status}); broker {self.where}"
-                ) from None
+            async with asyncio.timeout(timeout):
+                while not done.done():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(done), POLL_S)
+                    if await self.store.last_event_kind(round_id) == "round.completed":
+                        break
+        except TimeoutError:
+            raise TimeoutError(
+                f"round {round_id}: no result within {timeout:g} s "
+                f"(status {(await self.store.get_round(round_id)).status}); {self.where}"
+            ) from None
         finally:
             self._waiters.pop(round_id, None)
         return await self.status(round_id)

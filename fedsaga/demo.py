@@ -71,6 +71,7 @@ def _request(cfg: DemoConfig, round_id: str, chaos: Chaos) -> RoundRequested:
     return RoundRequested(
         round_id=round_id,
         model_name="digits-mlp",
+        create_model=True,  # the demo's private stack starts with no model
         target_accuracy=cfg.target_accuracy,
         min_participating_nodes=cfg.min_nodes,
         training_rounds=cfg.iterations,

@@ -14,6 +14,10 @@ from services.runtime.state import Field, RoundState
 from services.runtime.store import SagaStore
 
 
+class UnknownRound(LookupError):
+    """No round has this id."""
+
+
 class RoundResult(BaseModel):
     """Everything an operator asks about a round, like the seed's step returns."""
 
@@ -49,7 +53,7 @@ async def round_result(store: SagaStore, round_id: str) -> RoundResult:
     """Assemble a round's result from its hash, its sets and its event log."""
     state = await store.get_round(round_id)
     if not state.exists:
-        raise KeyError(f"no round {round_id}")
+        raise UnknownRound(f"no round {round_id}")
     events = await store.events(round_id)
     steps = list(
         dict.fromkeys(_STEP_EVENTS[e["kind"]] for e in events if e["kind"] in _STEP_EVENTS)
@@ -92,6 +96,7 @@ async def round_result(store: SagaStore, round_id: str) -> RoundResult:
                 "service": e["service"],
                 "ts_ms": e["ts_ms"],
                 **({"step": e["step"]} if "step" in e else {}),
+                "detail": describe(e, len(cohort)),
             }
             for e in events
         ],
@@ -114,3 +119,51 @@ async def _bytes(store: SagaStore, state: RoundState) -> dict[str, float]:
         "up_vs_float32": round(up / f32, 4) if f32 else 0.0,
         "deploy_total": float(state.counter(Field.BYTES_DEPLOY)),
     }
+
+
+def _percent(value: float | None) -> str:
+    return f"{value:.1%}" if value is not None else "-"
+
+
+def describe(event: dict[str, Any], cohort: int = 0) -> str:
+    """One line for an event of a round's log, as `round watch` and `round status` print it."""
+    kind = event["kind"]
+    if kind == "nodes.selected":
+        return f"selected {len(event['cohort'])} devices of {event['eligible']} eligible"
+    if kind == "weights.distributed":
+        return f"iteration {event['iteration']}: weights to {len(event['recipients'])} devices"
+    if kind == "update.received":
+        return f"iteration {event['iteration']}: update from {event['device_id']}"
+    if kind == "training.completed":
+        joined = len(event["participants"])
+        line = f"iteration {event['iteration']}: {joined}"
+        line += f" of {cohort} devices reported" if cohort else " devices reported"
+        reasons = Counter(r.split(" (")[0] for r in event.get("failures", {}).values())
+        if reasons:
+            line += " (failed: " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) + ")"
+        return line
+    if kind == "iteration.completed":
+        return f"iteration {event['iteration']}: aggregated {event['num_examples']} examples"
+    if kind == "model.aggregated":
+        return f"candidate after {event['iterations']} iterations"
+    if kind == "model.validated":
+        return (
+            f"version {event['version']}: holdout accuracy "
+            f"{_percent(event['metrics'].get('accuracy'))}"
+        )
+    if kind == "canary.stage_passed":
+        return (
+            f"canary {event['percent']}%: {event['healthy']} of {event['devices']} devices healthy"
+        )
+    if kind == "model.deployed":
+        return f"version {event['version']} active on {event['devices']} devices"
+    if kind == "round.failed":
+        return f"failed at step {event['step']} ({STEP_NAMES[event['step']]}): {event['reason']}"
+    if kind == "step.compensated":
+        return f"compensated step {event['step']}: {event.get('detail', '')}".rstrip(": ")
+    if kind == "round.completed":
+        outcome = event["outcome"]
+        if outcome == "succeeded":
+            return f"succeeded: version {event.get('version')}"
+        return f"failed: {event.get('reason') or 'unknown reason'}"
+    return str(kind)

@@ -37,7 +37,7 @@ from schemas.events import (
     UpdateReceived,
     WeightsDistributed,
 )
-from schemas.ops import Chaos, RoundRequested
+from schemas.ops import Chaos, RoundRequested, RoundStopRequested
 from schemas.semver import Version
 from schemas.steps import STEP_NAMES, Step
 
@@ -65,6 +65,7 @@ __all__ = [
     "RoundCompleted",
     "RoundFailed",
     "RoundRequested",
+    "RoundStopRequested",
     "SagaEvent",
     "SchemaError",
     "Step",

@@ -38,7 +38,7 @@ from schemas.device import (
     ModelPayload,
 )
 from schemas.events import ErrorReport, SagaEvent, StepCompensated
-from schemas.ops import RoundRequested
+from schemas.ops import RoundRequested, RoundStopRequested
 from schemas.steps import STEP_NAMES, Step
 
 ASYNCAPI_VERSION = "3.0.0"
@@ -188,6 +188,16 @@ def channels() -> list[Channel]:
             ("operator",),
             ("services",),
             "An operator starts a round: msgpack, or a JSON object (mosquitto_pub -m '{...}').",
+            json_too=True,
+        ),
+        Channel(
+            "roundStop",
+            topics.ROUND_STOP,
+            (RoundStopRequested,),
+            "receive",
+            ("operator",),
+            ("services",),
+            "An operator cancels a running round; the steps done compensate in reverse order.",
             json_too=True,
         ),
         Channel(

@@ -138,7 +138,9 @@ def decode_json(data: bytes, model: type[T] | Any, *, max_bytes: int = 1024 * 10
         obj = json.loads(bytes(data))
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
         raise DecodeError(f"not JSON: {exc}") from exc
-    if isinstance(obj, dict) and "msg_id" not in obj:
+    if not isinstance(obj, dict):
+        raise DecodeError(f"JSON payload must be one object {{...}}, not {type(obj).__name__}")
+    if "msg_id" not in obj:
         # Hand-written JSON has no id; derive one from the bytes, so a redelivered or
         # replayed copy is recognised as the same message.
         obj["msg_id"] = hashlib.sha256(bytes(data)).hexdigest()[:32]
@@ -146,11 +148,18 @@ def decode_json(data: bytes, model: type[T] | Any, *, max_bytes: int = 1024 * 10
     return value
 
 
+JSON_SNIFF_BYTES = 4096
+
+
 def decode_any(data: bytes, model: type[T] | Any, *, max_bytes: int = MAX_MESSAGE_BYTES) -> T:
-    """Decode msgpack, or JSON when the payload starts like a JSON object."""
+    """Decode msgpack, or JSON when the payload starts like JSON text.
+
+    JSON starts with `{` or `[`, maybe after whitespace; a msgpack message is a map, whose
+    first byte is 0x80-0x8f, 0xde or 0xdf, never one of those.
+    """
     _check_bytes(data, max_bytes)
     value: T
-    if bytes(data[:1]) == b"{":
+    if bytes(data[:JSON_SNIFF_BYTES]).lstrip(b" \t\r\n")[:1] in (b"{", b"["):
         value = decode_json(data, model)
     else:
         value = decode(data, model, max_bytes=max_bytes)

@@ -1,9 +1,9 @@
-"""What operators send: the round request."""
+"""What operators send: the round request and the round stop."""
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from schemas.base import Message, RoundId
 
@@ -27,6 +27,11 @@ class RoundRequested(Message):
     kind: Literal["round.requested"] = "round.requested"
     round_id: RoundId
     model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "digits-mlp"
+    create_model: bool = Field(
+        default=False,
+        description="start a new lineage if the model has no version yet "
+        "(otherwise an unknown model is refused, so a typo cannot deploy a new model)",
+    )
     model_version: str | None = Field(
         default=None, description="version to start from; the active version when omitted"
     )
@@ -55,9 +60,28 @@ class RoundRequested(Message):
             return Chaos.NONE
         return value
 
+    @model_validator(mode="after")
+    def _cohort_holds_the_minimum(self) -> Self:
+        if self.cohort_size < self.min_participating_nodes:
+            raise ValueError(
+                f"cohort_size {self.cohort_size} is below "
+                f"min_participating_nodes {self.min_participating_nodes}: "
+                "the round could never reach quorum"
+            )
+        return self
+
     @field_validator("layer_sizes")
     @classmethod
     def _sizes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if len(value) < 2 or any(s < 1 or s > 65_536 for s in value):
             raise ValueError("layer_sizes needs >= 2 positive sizes")
         return value
+
+
+class RoundStopRequested(Message):
+    """An operator cancels a round: it fails at the step it reached, and the compensations of
+    the steps done run in reverse order, as for any failure."""
+
+    kind: Literal["round.stop_requested"] = "round.stop_requested"
+    round_id: RoundId
+    reason: str = Field(default="", max_length=200)

@@ -5,6 +5,7 @@ import re
 _DEVICE = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
 
 ROUND_START = "fl/ops/round/start"
+ROUND_STOP = "fl/ops/round/stop"
 
 # Saga events: fl/round/{round_id}/{event}
 ROUND_EVENT = "fl/round/{round_id}/{event}"

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from schemas import topics
 from schemas.device import DeviceReport, DeviceStatus, DeviceUpdate
 from schemas.events import Event, StepCompensated
-from schemas.ops import RoundRequested
+from schemas.ops import RoundRequested, RoundStopRequested
 
 if TYPE_CHECKING:
     from services.runtime.context import Context
@@ -29,6 +29,7 @@ M = TypeVar("M", bound=BaseModel)
 # Models that arrive on one fixed filter rather than on a round's event topics.
 _FILTERS: dict[type[BaseModel], str] = {
     RoundRequested: topics.ROUND_START,
+    RoundStopRequested: topics.ROUND_STOP,
     DeviceStatus: topics.ALL_STATUS,
     DeviceUpdate: topics.ALL_UPDATES,
     DeviceReport: topics.ALL_REPORTS,

@@ -5,7 +5,13 @@
 - Eligible devices are **ranked** plugged-in first, then on Wi-Fi, then by fuller battery; ties
   are broken by a shuffle seeded with the round's seed, so a round picks the same cohort when
   it is replayed. The selector leases them in that order until it has `cohort_size`.
-- A cohort smaller than `min_participating_nodes` **fails the round** at step 1.
+- A round for a **model** with no version yet starts a new lineage only when the request says
+  so (`create_model`); a named `model_version` must exist.
+- A cohort smaller than `min_participating_nodes` **fails the round** at step 1, saying how
+  many eligible devices other rounds hold.
+- An operator's **stop** fails a running round at the last step that did work (the aggregator,
+  once any iteration began, so its partial aggregate is discarded too), and the steps done
+  compensate in reverse order.
 - A round's **time budget** is every iteration's timeout plus every canary stage's timeout plus
   `ROUND_MARGIN_MS`; a round still running after it fails at the step it is stuck in. Leases
   last `LEASE_MARGIN_MS` longer than the budget, so they outlive the round's own deadline.
@@ -20,13 +26,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
 
 from schemas.device import DeviceStatus
 from schemas.ops import RoundRequested
+from schemas.steps import Step
 
 MIN_BATTERY = 0.2
 MIN_MEMORY_MB = 64
@@ -67,11 +74,41 @@ def lease_ms(budget_ms: int) -> int:
     return budget_ms + LEASE_MARGIN_MS
 
 
-def cohort_shortfall(cohort: int, registered: int, min_nodes: int) -> str | None:
-    """Why a cohort of this size cannot start the round, or None when it can."""
+def model_refusal(
+    request: RoundRequested, versions: Sequence[str], version_known: bool
+) -> str | None:
+    """Why the round's model (and start version) cannot be trained, or None when it can."""
+    name = request.model_name
+    if request.model_version is not None and not version_known:
+        return f"model {name} has no version {request.model_version}"
+    if not versions and not request.create_model:
+        return f"model {name} does not exist; set create_model to start a new lineage"
+    return None
+
+
+def cohort_shortfall(
+    cohort: int, registered: int, min_nodes: int, held: Mapping[str, int] | None = None
+) -> str | None:
+    """Why a cohort of this size cannot start the round, or None when it can.
+
+    `held` counts eligible devices leased to other rounds, by round id.
+    """
     if cohort >= min_nodes:
         return None
-    return f"only {cohort} eligible devices of {registered} registered; need {min_nodes}"
+    reason = f"only {cohort} eligible devices of {registered} registered; need {min_nodes}"
+    if held:
+        busy = ", ".join(f"{n} to round {r}" for r, n in sorted(held.items()))
+        reason += f" (eligible devices leased: {busy})"
+    return reason
+
+
+def stop_step(status: str, step: int, iteration: int) -> int | str:
+    """The step at which an operator's stop fails the round, or why it cannot be stopped."""
+    if status != "running":
+        return f"round is {status}, not running"
+    if Step.DISTRIBUTE <= step <= Step.AGGREGATE and (iteration > 0 or step == Step.AGGREGATE):
+        return int(Step.AGGREGATE)
+    return step
 
 
 def deadline_action(status: str | None) -> Literal["fail", "nudge"] | None:

@@ -7,11 +7,13 @@ What it decides is in `decisions.py`, free of I/O; these handlers read, call it 
 
 from __future__ import annotations
 
+from collections import Counter
+
 from schemas import topics
 from schemas.base import now_ms
 from schemas.device import DeviceStatus
 from schemas.events import NodesSelected, RoundCompleted, RoundFailed, StepCompensated
-from schemas.ops import RoundRequested
+from schemas.ops import RoundRequested, RoundStopRequested
 from schemas.steps import Step
 from services.runtime import Context, Rejected, Service, compensation, keys, metrics, on
 from services.runtime.state import Field
@@ -22,8 +24,10 @@ from services.selector.decisions import (
     eligible,
     example_cap,
     lease_ms,
+    model_refusal,
     rank,
     round_budget_ms,
+    stop_step,
 )
 
 
@@ -44,12 +48,28 @@ async def on_round_requested(request: RoundRequested, ctx: Context) -> None:
         return  # a replay after the cohort was announced
     if not state.running:
         return  # a replay after the round already failed here
+    versions = await ctx.store.versions(request.model_name)
     version = request.model_version
-    if version and not await ctx.store.get_version(request.model_name, version):
-        reason = f"model {request.model_name} has no version {version}"
-        await ctx.fail(round_id, Step.SELECT, reason)
+    version_known = bool(version) and bool(
+        await ctx.store.get_version(request.model_name, version or "")
+    )
+    refusal = model_refusal(request, versions, version_known)
+    if refusal is not None:
+        await ctx.fail(round_id, Step.SELECT, refusal)
         return
     await select(request, ctx)
+
+
+async def on_stop_requested(stop: RoundStopRequested, ctx: Context) -> None:
+    """An operator's cancel: fail the round where it is; the compensations follow."""
+    state = await ctx.store.get_round(stop.round_id)
+    if not state.exists:
+        raise Rejected(f"no round {stop.round_id}")
+    step = stop_step(state.status, state.step, state.iteration)
+    if isinstance(step, str):
+        raise Rejected(f"round {stop.round_id} cannot be stopped: {step}")
+    reason = "stopped by the operator" + (f": {stop.reason}" if stop.reason else "")
+    await ctx.fail(stop.round_id, step, reason)
 
 
 async def select(request: RoundRequested, ctx: Context) -> None:
@@ -62,7 +82,15 @@ async def select(request: RoundRequested, ctx: Context) -> None:
     registry = await ctx.store.devices(seen_since_ms=now - s.device_fresh_ms)
     candidates = rank([d for d in registry if eligible(d)], request.seed)
     cohort = await lease_cohort(request, candidates, lease_ms(budget_ms), ctx)
-    shortfall = cohort_shortfall(len(cohort), len(registry), request.min_participating_nodes)
+    held: Counter[str] = Counter()
+    if len(cohort) < request.min_participating_nodes:  # say who holds the rest
+        for status in candidates:
+            owner = await ctx.store.lease_owner(status.device_id)
+            if owner is not None and owner != round_id:
+                held[owner] += 1
+    shortfall = cohort_shortfall(
+        len(cohort), len(registry), request.min_participating_nodes, held
+    )
     if shortfall is not None:
         await ctx.fail(round_id, Step.SELECT, shortfall)
         return
@@ -160,6 +188,7 @@ service = Service(
     timers=on_timer,
     routes=[
         on(on_round_requested),
+        on(on_stop_requested),
         on(on_status),
         on(on_round_completed),
         on(on_compensated, topics.compensated_filter(Step.SELECT)),  # the chain's last link

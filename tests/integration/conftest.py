@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import aiomqtt
 import pytest
@@ -85,10 +85,18 @@ async def fleet(stack: LocalStack, saga: FedSaga) -> AsyncIterator[Fleet]:
     await f.__aexit__(None, None, None)
 
 
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Poll an async check until it holds (bounded)."""
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.05)
+
+
 def request(**overrides: object) -> RoundRequested:
     """A small, fast round: 3 iterations over 10 devices, an easy target."""
     fields: dict[str, object] = {
         "round_id": f"t-{uuid.uuid4().hex[:10]}",
+        "create_model": True,  # whichever test runs first creates the lineage
         "target_accuracy": 0.5,
         "min_participating_nodes": 3,
         "training_rounds": 3,

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import math
 import statistics
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,20 +31,13 @@ from schemas.events import RoundFailed, SagaEvent
 from schemas.steps import Step
 from services.runtime import keys
 from services.runtime.state import Field
-from tests.integration.conftest import mqtt_client, request, start_fleet
+from tests.integration.conftest import eventually, mqtt_client, request, start_fleet
 
 MODEL = "digits-mlp"
 BILLION = 10**9  # the absurd example count a lying device claims
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    """Poll an async check until it holds (bounded)."""
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.05)
 
 
 async def no_leases(saga: FedSaga, fleet: Fleet) -> bool:

@@ -55,6 +55,7 @@ def stack_env(stack: LocalStack) -> dict[str, str]:
     s = stack.settings
     return {
         **os.environ,
+        "FEDSAGA_CONFIG": os.devnull,  # whatever profile this machine's user has
         "FEDSAGA_MQTT_HOST": s.mqtt_host,
         "FEDSAGA_MQTT_PORT": str(s.mqtt_port),
         "FEDSAGA_REDIS_URL": s.redis_url,
@@ -69,10 +70,9 @@ def verb(command: str) -> str:
     return " ".join(words[1:3]) if words[1] == "round" else words[1]
 
 
-def readme(verb_: str) -> str:
-    """The README's command for `verb_`."""
-    (command,) = [c for c in readme_commands() if verb(c) == verb_]
-    return command
+def readme(verb_: str, nth: int = 0) -> str:
+    """The README's `nth` command for `verb_`."""
+    return [c for c in readme_commands() if verb(c) == verb_][nth]
 
 
 def test_the_readme_block_is_the_one_this_test_covers() -> None:
@@ -82,9 +82,14 @@ def test_the_readme_block_is_the_one_this_test_covers() -> None:
         "export",
         "round start",
         "mosquitto_pub",
+        "round watch",
+        "round list",
         "round status",
+        "round start",
+        "round stop",
         "models",
         "fleet",
+        "logs",
         "service",
     ]
 
@@ -114,9 +119,25 @@ async def test_round_commands_work_as_written(
         assert time.monotonic() < deadline, "mosquitto_pub's round never started"
         await asyncio.sleep(0.1)
 
+    watched = await run_(readme("round watch"))
+    assert watched.returncode == 0, watched.stderr + watched.stdout
+    assert "succeeded: version 1.1.0" in watched.stdout.splitlines()[-1]
+
+    listed = await run_(readme("round list"))
+    assert listed.returncode == 0, listed.stderr
+    assert "r1" in listed.stdout
+    assert "r2" in listed.stdout
+
     status = await run_(readme("round status"))
     assert status.returncode == 0, status.stderr
     assert "round r1: succeeded" in status.stdout
+
+    started = await run_(readme("round start", 1))
+    assert started.returncode == 0, started.stderr
+    stopped = await run_(readme("round stop"))
+    assert stopped.returncode == 0, stopped.stderr + stopped.stdout
+    r3 = await saga.status("r3")
+    assert (r3.status, r3.failure_reason) == ("failed", "stopped by the operator")
 
     models = await run_(readme("models"))
     assert models.returncode == 0, models.stderr
@@ -126,6 +147,13 @@ async def test_round_commands_work_as_written(
     fleet_out = await run_(readme("fleet"))
     assert fleet_out.returncode == 0, fleet_out.stderr
     assert all(a.device_id in fleet_out.stdout for a in fleet.agents)
+
+    env["FEDSAGA_STATE_DIR"] = str(stack.workdir)  # where `up` would keep the logs
+    logs = await run_(readme("logs"))
+    assert logs.returncode == 0, logs.stderr
+    shown = logs.stdout.splitlines()
+    assert len(shown) == 20
+    assert set(shown) <= set((stack.workdir / "aggregator.log").read_text().splitlines())
 
 
 def test_round_start_refuses_bad_options_in_one_line(stack: LocalStack) -> None:
@@ -141,32 +169,77 @@ def test_round_start_refuses_bad_options_in_one_line(stack: LocalStack) -> None:
     assert "Traceback" not in unreachable.stderr
 
 
-def test_up_prints_the_exports_and_stops_on_ctrl_c() -> None:
-    up = readme("up")
-    proc = subprocess.Popen(
-        ["bash", "-c", f"exec {up}"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert proc.stdout is not None
+class Up:
+    """`fedsaga up` as the README runs it, in its own session so Ctrl-C reaches it all."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            ["bash", "-c", f"exec {readme('up')}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.printed = ""
+
+    def wait_up(self) -> dict[str, str]:
+        """Read until `up` serves; the variables its export line sets."""
+        assert self.proc.stdout is not None
         deadline = time.monotonic() + 60
-        seen = ""
-        while "logs: " not in seen:  # the last line `up` prints before it serves
-            assert time.monotonic() < deadline, seen
-            line = proc.stdout.readline()
-            assert line, f"up exited early: {seen}"
-            seen += line
-        assert re.search(r"export FEDSAGA_MQTT_PORT=\d+ FEDSAGA_REDIS_URL=redis://\S+", seen)
+        while "logs: " not in self.printed:  # the last line `up` prints before it serves
+            assert time.monotonic() < deadline, self.printed
+            line = self.proc.stdout.readline()
+            assert line, f"up exited early: {self.printed}"
+            self.printed += line
+        export = re.search(
+            r"export (FEDSAGA_MQTT_HOST=\S+ FEDSAGA_MQTT_PORT=\d+ FEDSAGA_REDIS_URL=redis://\S+)",
+            self.printed,
+        )
+        assert export, self.printed
+        return dict(pair.split("=", 1) for pair in export.group(1).split())
+
+    def ctrl_c(self) -> str:
+        """SIGINT to the whole foreground group, as a terminal sends it; what `up` printed."""
+        os.killpg(self.proc.pid, signal.SIGINT)
+        rest, _ = self.proc.communicate(timeout=30)
+        assert self.proc.returncode in (0, 130), rest  # 130: the shell's "ended by Ctrl-C"
+        return rest
+
+
+def test_up_keeps_rounds_and_models_across_a_restart(tmp_path: Path) -> None:
+    # Prepare: the default state directory, under a private XDG_DATA_HOME
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path), "FEDSAGA_CONFIG": os.devnull}
+    first = Up(env)
+    try:
+        exports = first.wait_up()
+        cli = {**env, **exports}
+        done = run(
+            ".venv/bin/fedsaga round start u1 --create-model --training-rounds 2 "
+            "--target-accuracy 0.3 --cohort-size 5 --wait",
+            cli,
+        )
+        assert done.returncode == 0, done.stderr + done.stdout
     finally:
-        # Ctrl-C in a terminal: SIGINT to the whole foreground group, children included.
-        os.killpg(proc.pid, signal.SIGINT)
-        rest, _ = proc.communicate(timeout=30)
-    assert "stopped" in rest, (proc.returncode, seen, rest)
-    assert proc.returncode in (0, 130)  # 130: the shell's code for "ended by Ctrl-C"
+        assert "stopped" in first.ctrl_c()
+
+    # Execute: up again on the same state
+    second = Up(env)
+    try:
+        cli = {**env, **second.wait_up()}
+        listed = run(".venv/bin/fedsaga round list --json", cli)
+        models = run(".venv/bin/fedsaga models --json", cli)
+    finally:
+        second.ctrl_c()
+
+    # Assert: the round and its model outlived the restart; the logs are where `up` said
+    assert [(r["round_id"], r["status"]) for r in json.loads(listed.stdout)] == [
+        ("u1", "succeeded")
+    ]
+    assert json.loads(models.stdout)["digits-mlp"]["active"] == "1.0.0"
+    assert f"logs: {tmp_path / 'fedsaga'}" in first.printed
+    assert (tmp_path / "fedsaga" / "aggregator.log").exists()
 
 
 def test_service_runs_one_service_against_the_configured_servers(tmp_path: Path) -> None:
@@ -174,6 +247,7 @@ def test_service_runs_one_service_against_the_configured_servers(tmp_path: Path)
     with PrivateServers(tmp_path) as servers:
         env = {
             **os.environ,
+            "FEDSAGA_CONFIG": os.devnull,
             "FEDSAGA_MQTT_PORT": str(servers.broker.port),
             "FEDSAGA_REDIS_URL": servers.redis_url,
         }

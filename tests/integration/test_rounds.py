@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 
 from deploy.stack import LocalStack
 from edge_client.fleet import Fleet
 from fedsaga.client import FedSaga
 from schemas.ops import Chaos
 from services.runtime import keys
-from tests.integration.conftest import Probe, request
+from tests.integration.conftest import Probe, eventually, request
 
 
 async def _all(values: Iterable[bool]) -> bool:
@@ -19,13 +19,6 @@ async def _all(values: Iterable[bool]) -> bool:
 
 async def _no_leases(saga: FedSaga, fleet: Fleet) -> bool:
     return all([await saga.store.lease_owner(a.device_id) is None for a in fleet.agents])
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    """Poll an async check until it holds (bounded)."""
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.05)
 
 
 def _order(result: object) -> list[int]:
@@ -77,7 +70,8 @@ async def test_ops_start_a_round_with_plain_json_as_mosquitto_pub_sends_it(
     saga: FedSaga, fleet: Fleet, probe: Probe
 ) -> None:
     # Execute: what `mosquitto_pub -t fl/ops/round/start -m '{...}'` publishes
-    body = b'{"round_id": "json-1", "training_rounds": 2, "target_accuracy": 0.5}'
+    body = b' {"round_id": "json-1", "training_rounds": 2, "target_accuracy": 0.5,'
+    body += b' "create_model": true}\n'  # a leading space and a newline, as typed by hand
     await probe.client.publish("fl/ops/round/start", body, qos=1)
 
     # Assert

@@ -147,22 +147,24 @@ def test_each_channel_says_who_publishes_and_how(
     assert op["bindings"]["mqtt"] == {"qos": 1, "retain": retain, "bindingVersion": "0.2.0"}
 
 
-def test_payloads_are_msgpack_and_the_round_request_json_too(doc: dict[str, Any]) -> None:
+def test_payloads_are_msgpack_and_the_operators_messages_json_too(doc: dict[str, Any]) -> None:
     # Prepare
     messages = doc["components"]["messages"]
     start = doc["channels"]["roundStart"]["messages"]
+    stop = doc["channels"]["roundStop"]["messages"]
 
     # Execute
     json_ones = sorted(n for n, m in messages.items() if m["contentType"] == "application/json")
 
     # Assert
     assert doc["defaultContentType"] == "application/msgpack"
-    assert json_ones == ["RoundRequestedJson"]
+    assert json_ones == ["RoundRequestedJson", "RoundStopRequestedJson"]
     assert set(start) == {"RoundRequested", "RoundRequestedJson"}
+    assert set(stop) == {"RoundStopRequested", "RoundStopRequestedJson"}
     assert all(
         m["contentType"] == "application/msgpack"
         for n, m in messages.items()
-        if n != "RoundRequestedJson"
+        if n not in json_ones
     )
 
 

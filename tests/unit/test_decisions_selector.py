@@ -18,8 +18,10 @@ from services.selector.decisions import (
     eligible,
     example_cap,
     lease_ms,
+    model_refusal,
     rank,
     round_budget_ms,
+    stop_step,
 )
 
 PROPERTY = settings(database=None, deadline=None)
@@ -269,6 +271,67 @@ def test_a_cohort_falls_short_exactly_when_below_the_minimum(
 
     # Assert
     assert (reason is None) == (cohort >= need)
+
+
+def test_a_shortfall_names_the_rounds_that_hold_the_eligible_devices() -> None:
+    # Execute: a second round while r1 holds 12 devices and r0 holds 3
+    reason = cohort_shortfall(0, 15, 3, {"r1": 12, "r0": 3})
+
+    # Assert
+    assert reason == (
+        "only 0 eligible devices of 15 registered; need 3 "
+        "(eligible devices leased: 3 to round r0, 12 to round r1)"
+    )
+
+
+# --- model_refusal ------------------------------------------------------------------------------
+
+
+def test_an_unknown_model_is_refused_unless_the_request_creates_it() -> None:
+    # Prepare: a typo of the model's name
+    typo = RoundRequested(round_id="r1", model_name="digts-mlp")
+
+    # Execute / Assert
+    assert model_refusal(typo, [], version_known=False) == (
+        "model digts-mlp does not exist; set create_model to start a new lineage"
+    )
+    assert model_refusal(typo.model_copy(update={"create_model": True}), [], False) is None
+    assert model_refusal(typo, ["1.0.0"], version_known=False) is None
+
+
+def test_a_start_version_must_exist_even_for_a_new_lineage() -> None:
+    request = RoundRequested(round_id="r1", model_version="9.9.9", create_model=True)
+    assert model_refusal(request, ["1.0.0"], version_known=False) == (
+        "model digits-mlp has no version 9.9.9"
+    )
+    assert model_refusal(request, ["1.0.0", "9.9.9"], version_known=True) is None
+
+
+# --- stop_step ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("step", "iteration", "expected"),
+    [
+        (1, 0, 1),  # selecting: release the leases
+        (2, 0, 2),  # the first distribution: revoke weights, release leases
+        (3, 0, 3),  # the first training: nothing aggregated yet
+        (4, 0, 4),
+        (2, 3, 4),  # a later iteration: earlier aggregates exist, so step 4 undoes them too
+        (3, 7, 4),
+        (5, 9, 5),  # validating
+        (6, 9, 6),  # rolling out: roll back
+    ],
+)
+def test_a_stop_fails_the_round_at_the_last_step_that_did_work(
+    step: int, iteration: int, expected: int
+) -> None:
+    assert stop_step("running", step, iteration) == expected
+
+
+@pytest.mark.parametrize("status", ["compensating", "failed", "succeeded", "unknown"])
+def test_only_a_running_round_can_be_stopped(status: str) -> None:
+    assert stop_step(status, 3, 0) == f"round is {status}, not running"
 
 
 def test_the_deadline_fails_a_running_round_and_nudges_a_compensating_one() -> None:

@@ -58,7 +58,7 @@ from schemas.events import (
     UpdateReceived,
     WeightsDistributed,
 )
-from schemas.ops import Chaos, RoundRequested
+from schemas.ops import Chaos, RoundRequested, RoundStopRequested
 
 # No example database (it would write .hypothesis/ into the work tree); no timing flakes.
 FUZZ = settings(
@@ -158,6 +158,7 @@ def _samples() -> list[Message]:
         RevokeCommand(round_id="r-1", reason="compensation"),
         DeployCommand(round_id="r-1", version="1.3.0", digest=D1, stage=50, chaos=Chaos.DEPLOYMENT),
         RollbackCommand(round_id="r-1", version="1.3.0"),
+        RoundStopRequested(round_id="r-1", reason="wrong data"),
         DeviceUpdate(
             round_id="r-1",
             iteration=1,
@@ -343,7 +344,7 @@ def test_request_round_trips_through_json() -> None:
     round_id=st.from_regex(r"\A[A-Za-z0-9_.-]{1,64}\Z"),
     target=st.floats(0.0, 1.0),
     lr=st.floats(1e-9, 10.0),
-    cohort=st.integers(1, 100_000),
+    cohort=st.integers(3, 100_000),  # at least the default min_participating_nodes
     chaos=st.sampled_from(Chaos),
     sizes=st.lists(st.integers(1, 65_536), min_size=2, max_size=6),
     seed=st.integers(0, 2**32 - 1),
@@ -912,3 +913,22 @@ def test_non_bytes_json_input_is_a_decode_error(
     # Execute / Assert
     with pytest.raises(DecodeError):
         fn(data, RoundRequested)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b' {"round_id": "r2"}', b'\n\t{"round_id": "r2"}\r\n'],
+    ids=["leading-space", "leading-newline"],
+)
+def test_json_after_whitespace_is_still_json(data: bytes) -> None:
+    assert decode_any(data, RoundRequested).round_id == "r2"
+
+
+def test_a_json_array_is_refused_as_json_not_as_broken_msgpack() -> None:
+    with pytest.raises(DecodeError, match="JSON payload must be one object"):
+        decode_any(b'[{"round_id": "r2"}]', RoundRequested)
+
+
+def test_a_cohort_below_the_minimum_is_refused_by_the_request() -> None:
+    with pytest.raises(ValidationError, match="below min_participating_nodes"):
+        RoundRequested(round_id="r1", cohort_size=2, min_participating_nodes=3)

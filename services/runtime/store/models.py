@@ -87,6 +87,7 @@ class ModelStore(StoreBase):
             pipe.hsetnx(key, "created_ms", now_ms())
             pipe.hset(key, mapping=plain(fields))
             pipe.zadd(keys.versions(model), {ver: now_ms()}, nx=True)
+            pipe.sadd(keys.models(), model)
             await pipe.execute()
 
     async def update_version(self, model: str, ver: str, **fields: str) -> None:
@@ -96,6 +97,10 @@ class ModelStore(StoreBase):
     async def get_version(self, model: str, ver: str) -> dict[str, str]:
         """One version's record (empty when unknown)."""
         return text_hash(await self.redis.hgetall(keys.version(model, ver)))
+
+    async def model_names(self) -> list[str]:
+        """Every model with a registered version, by name."""
+        return sorted(texts(await self.redis.smembers(keys.models())))
 
     async def versions(self, model: str) -> list[str]:
         """Registered versions of a model, oldest first."""

@@ -167,11 +167,12 @@ class RoundStore(StoreBase):
         )
         return bool(added)
 
-    async def events(self, round_id: str) -> list[dict[str, Any]]:
-        """The round's audit log, oldest first."""
+    async def events(self, round_id: str, after: str | None = None) -> list[dict[str, Any]]:
+        """The round's audit log, oldest first (only entries after the entry id `after`)."""
         out = []
+        start = f"({after}" if after else "-"
         for entry_id, fields in stream_entries(
-            await self.redis.xrange(keys.round_events(round_id))
+            await self.redis.xrange(keys.round_events(round_id), min=start)
         ):
             f = text_hash(fields)
             out.append(
@@ -192,6 +193,11 @@ class RoundStore(StoreBase):
     async def rounds(self) -> list[str]:
         """Every known round id, oldest first."""
         return texts(await self.redis.zrange(keys.rounds(), 0, -1))
+
+    async def recent_rounds(self, limit: int) -> list[tuple[str, int]]:
+        """The `limit` newest rounds as (round id, created ms), newest first."""
+        rows = await self.redis.zrevrange(keys.rounds(), 0, limit - 1, withscores=True)
+        return [(text(row[0]), int(row[1])) for row in rows if isinstance(row, tuple | list)]
 
     # -- sets and hashes scoped to a round ----------------------------------------------------
 

@@ -135,3 +135,13 @@ def inflight_due(service: str, instance: str) -> str:
 def dead_letters(service: str) -> str:
     """Stream: messages a service gave up on after its retries, with the reason."""
     return f"{PREFIX}:deadletter:{service}"
+
+
+def accuracy(round_id: str) -> str:
+    """Hash: iteration -> the validator's holdout metrics of its aggregate (JSON)."""
+    return f"{PREFIX}:round:{{{round_id}}}:accuracy"
+
+
+def traffic(round_id: str) -> str:
+    """Hash: `{iteration}:{up|down}:{device}` -> bytes of that weight payload."""
+    return f"{PREFIX}:round:{{{round_id}}}:traffic"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import importlib.util
 import json
 import os
 import time
@@ -578,6 +579,29 @@ def round_stop(
             return 0 if result.status == "failed" else 1
 
     raise typer.Exit(_run(settings, go))
+
+
+@round_app.command("report")
+def round_report(
+    round_id: str,
+    out: Annotated[
+        Path | None, typer.Option(help="directory for index.html and its PNGs [./report-ID]")
+    ] = None,
+) -> None:
+    """Write a round's report: accuracy, participation and bytes per iteration, as HTML."""
+    from fedsaga.report import write_report
+
+    if importlib.util.find_spec("matplotlib") is None:  # the `report` extra
+        _die("the report draws with matplotlib: pip install 'fedsaga[report]'")
+    settings = _settings()
+    target = out or Path(f"report-{round_id}")
+
+    async def go() -> Path:
+        async with _store(settings) as store:
+            return await write_report(store, round_id, target)
+
+    page = _run(settings, go, uses_mqtt=False)
+    console.print(f"wrote {page}", markup=False, highlight=False, soft_wrap=True)
 
 
 # --- models and devices ---------------------------------------------------------------------

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsaga.status import RoundResult, round_result
+from fedsaga.status import RoundResult, UnknownRound, round_result
 from services.runtime import keys
 from services.runtime.store import SagaStore
 from services.trainer_coordinator.decisions import DONE, FAILED, TRAINING
@@ -80,7 +80,7 @@ async def gather(store: SagaStore, round_id: str) -> RoundReport:
     """Read a round's report from Redis; LookupError for a round Redis does not know."""
     state = await store.get_round(round_id)
     if not state.exists:
-        raise LookupError(f"no round {round_id!r} in Redis (its keys expire after a week)")
+        raise UnknownRound(f"no round {round_id} in Redis (its keys expire after a week)")
     request = state.request
     scores = await store.accuracies(round_id)
     sizes: dict[tuple[int, str], list[int]] = {}

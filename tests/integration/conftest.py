@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import aiomqtt
 import pytest
@@ -238,3 +241,38 @@ class UpdateBurst:
             self.devices.add(update.device_id)
             if len(self.devices) >= self.nth:
                 self.arrived.set()
+
+
+FEDSAGA = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "fedsaga")
+
+
+def cli_env(stack: LocalStack, **extra: str) -> dict[str, str]:
+    """The environment of an operator's shell pointed at the test stack (and no profile)."""
+    s = stack.settings
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FEDSAGA_")}
+    return {
+        **base,
+        "FEDSAGA_CONFIG": os.devnull,
+        "FEDSAGA_MQTT_HOST": s.mqtt_host,
+        "FEDSAGA_MQTT_PORT": str(s.mqtt_port),
+        "FEDSAGA_REDIS_URL": s.redis_url,
+        **extra,
+    }
+
+
+async def fedsaga(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run `fedsaga ARGS` (in a thread: the fleet trains on this test's loop meanwhile)."""
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [FEDSAGA, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    return await asyncio.to_thread(run)

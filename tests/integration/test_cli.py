@@ -7,9 +7,7 @@ was tried. The README's own lines are run by test_readme.py.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -19,42 +17,7 @@ from deploy.stack import LocalStack
 from edge_client.fleet import Fleet
 from fedsaga.client import FedSaga, RoundExists
 from schemas.steps import Step
-from tests.integration.conftest import eventually, request
-
-ROOT = Path(__file__).resolve().parents[2]
-FEDSAGA = str(ROOT / ".venv" / "bin" / "fedsaga")
-
-
-def cli_env(stack: LocalStack, **extra: str) -> dict[str, str]:
-    """The environment of an operator's shell pointed at the test stack (and no profile)."""
-    s = stack.settings
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FEDSAGA_")}
-    return {
-        **base,
-        "FEDSAGA_CONFIG": os.devnull,
-        "FEDSAGA_MQTT_HOST": s.mqtt_host,
-        "FEDSAGA_MQTT_PORT": str(s.mqtt_port),
-        "FEDSAGA_REDIS_URL": s.redis_url,
-        **extra,
-    }
-
-
-async def fedsaga(
-    *args: str, env: dict[str, str], timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """Run `fedsaga ARGS` (in a thread: the fleet trains on this test's loop meanwhile)."""
-
-    def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [FEDSAGA, *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-    return await asyncio.to_thread(run)
+from tests.integration.conftest import cli_env, eventually, fedsaga, request
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:

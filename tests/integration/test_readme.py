@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -85,6 +86,7 @@ def test_the_readme_block_is_the_one_this_test_covers() -> None:
         "round watch",
         "round list",
         "round status",
+        "round report",
         "round start",
         "round stop",
         "models",
@@ -131,6 +133,15 @@ async def test_round_commands_work_as_written(
     status = await run_(readme("round status"))
     assert status.returncode == 0, status.stderr
     assert "round r1: succeeded" in status.stdout
+
+    report_dir = ROOT / "report-r1"
+    try:
+        report = await run_(readme("round report"))
+        assert report.returncode == 0, report.stderr
+        assert "Round r1" in (report_dir / "index.html").read_text()
+        assert (report_dir / "accuracy.png").exists()
+    finally:
+        shutil.rmtree(report_dir, ignore_errors=True)
 
     started = await run_(readme("round start", 1))
     assert started.returncode == 0, started.stderr

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from deploy.stack import LocalStack
 from edge_client.fleet import Fleet
 from fedsaga.client import FedSaga
 from fedsaga.report import write_report
 from schemas.ops import Chaos
-from tests.integration.conftest import request
+from tests.integration.conftest import cli_env, fedsaga, request
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # `make deps` installs it
 PLOTS = ("accuracy.png", "participation.png", "bytes.png")
@@ -70,7 +71,7 @@ def coloured(pixels: np.ndarray) -> int:
 
 
 async def test_a_round_report_renders_its_plots_in_headless_chromium(
-    saga: FedSaga, fleet: Fleet, tmp_path: Path
+    stack: LocalStack, saga: FedSaga, fleet: Fleet, tmp_path: Path
 ) -> None:
     # Prepare: a round, whose iterations the validator scores while it runs
     req = request()
@@ -86,11 +87,15 @@ async def test_a_round_report_renders_its_plots_in_headless_chromium(
             await asyncio.sleep(0.05)
     scores = await saga.store.accuracies(req.round_id)
 
-    # Execute
-    page = await write_report(saga.store, req.round_id, tmp_path / "report")
+    # Execute: as an operator would
+    made = await fedsaga(
+        "round", "report", req.round_id, "--out", str(tmp_path / "report"), env=cli_env(stack)
+    )
+    assert made.returncode == 0, made.stderr
+    page = tmp_path / "report" / "index.html"
+    assert made.stdout.strip() == f"wrote {page}"
 
     # Assert: the page and its plots are written
-    assert page == tmp_path / "report" / "index.html"
     for name in PLOTS:
         assert (page.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert not (page.parent / "epsilon.png").exists()
@@ -141,8 +146,13 @@ async def test_a_failed_rounds_report_shows_why_devices_failed(
         assert (tmp_path / name).stat().st_size > 5_000, name
 
 
-async def test_an_unknown_round_has_no_report(saga: FedSaga, tmp_path: Path) -> None:
+async def test_an_unknown_round_has_no_report(
+    stack: LocalStack, saga: FedSaga, tmp_path: Path
+) -> None:
     # Execute / Assert
-    with pytest.raises(LookupError, match="no round 'nope'"):
+    with pytest.raises(LookupError, match="no round nope in Redis"):
         await write_report(saga.store, "nope", tmp_path)
+    made = await fedsaga("round", "report", "nope", "--out", str(tmp_path), env=cli_env(stack))
+    assert made.returncode == 2
+    assert made.stderr.splitlines()[-1].startswith("error: no round nope in Redis")
     assert not (tmp_path / "index.html").exists()

@@ -37,6 +37,7 @@ from schemas.codec import decode, encode
 from schemas.device import (
     DeployCommand,
     DeviceCommand,
+    DeviceRejected,
     DeviceReport,
     DeviceState,
     DeviceStatus,
@@ -90,6 +91,7 @@ class DeviceAgent:
         self._trained: set[tuple[str, int]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.state: DeviceState = "idle"
+        self.rejections: list[DeviceRejected] = []  # what the services refused, and why
 
     # -- wire helpers -----------------------------------------------------------------------
 
@@ -199,6 +201,9 @@ class DeviceAgent:
                         await client.subscribe(
                             topics.device(topics.DEVICE_MODEL, self.device_id), qos=1
                         )
+                        await client.subscribe(
+                            topics.device(topics.DEVICE_REJECTED, self.device_id), qos=1
+                        )
                         await self.publish_status()
                         self.connected.set()
                         heartbeat = self._spawn(self._heartbeat())
@@ -233,10 +238,24 @@ class DeviceAgent:
         try:
             if topic.endswith("/model"):
                 await self.on_model(decode(payload, ModelPayload))
+            elif topic.endswith("/rejected"):
+                self.on_rejected(decode(payload, DeviceRejected))
             else:
                 await self.on_command(decode(payload, DeviceCommand))
         except DecodeError as exc:
             log.warning("dropped invalid message", device_id=self.device_id, reason=exc.reason)
+
+    def on_rejected(self, rejected: DeviceRejected) -> None:
+        """A service refused something this device sent: say why (nothing else to undo)."""
+        self.rejections.append(rejected)
+        log.warning(
+            "refused by the services",
+            device_id=self.device_id,
+            service=rejected.service,
+            topic=rejected.topic,
+            round_id=rejected.round_id,
+            reason=rejected.reason,
+        )
 
     async def on_model(self, payload: ModelPayload) -> None:
         """Rebuild weights from a payload and verify their digest."""

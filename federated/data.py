@@ -22,7 +22,12 @@ _MAX_PARTITION_ATTEMPTS = 1000
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
     """Return sklearn's bundled 8x8 digits: x float32 (1797, 64) in [0, 1], y int64."""
-    from sklearn.datasets import load_digits as _sk_load_digits  # heavy import, only here
+    try:
+        from sklearn.datasets import load_digits as _sk_load_digits  # heavy import, only here
+    except ImportError as exc:
+        raise ImportError(
+            "the digits data comes with scikit-learn: pip install 'fedsaga[sim]'"
+        ) from exc
 
     x, y = _sk_load_digits(return_X_y=True)
     return (x / 16.0).astype(np.float32), y.astype(np.int64)

@@ -117,6 +117,11 @@ def seen(service: str, msg_id: str) -> str:
     return f"{PREFIX}:seen:{service}:{msg_id}"
 
 
+def instance_holder(identity: str) -> str:
+    """String (expiring): `host:pid` of the process running the instance `identity`."""
+    return f"{PREFIX}:instance:{identity}"
+
+
 def inflight(service: str, instance: str) -> str:
     """Hash: messages a service instance is handling (replayed after a crash)."""
     return f"{PREFIX}:inflight:{service}:{instance}"

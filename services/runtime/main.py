@@ -8,8 +8,10 @@ import signal
 import structlog
 
 from schemas.steps import STEP_NAMES, Step
+from services.runtime.identity import hold
 from services.runtime.logging import configure
 from services.runtime.settings import Settings
+from services.runtime.store import SagaStore
 
 log = structlog.get_logger()
 
@@ -36,13 +38,30 @@ def main(name: str) -> None:
     configure(name, settings.log_level, settings.log_format)
     service = importlib.import_module(f"services.{name}").service
 
-    async def serve() -> None:
+    async def serve() -> int:
+        store = SagaStore.from_url(settings.redis_url, ttl_s=settings.key_ttl_s)
+        ready = asyncio.Event()
+        holding = asyncio.create_task(hold(store, settings.service_identity(name), ready))
+        waiting = asyncio.create_task(ready.wait())
+        await asyncio.wait({holding, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if holding.done():  # another process runs this instance
+            log.error("refused", reason=str(holding.exception()))
+            await store.aclose()
+            return 2
         task = asyncio.create_task(service.run(settings))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            holding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await holding
+            await store.aclose()
+        return 0
 
-    asyncio.run(serve())
+    raise SystemExit(asyncio.run(serve()))

@@ -121,6 +121,13 @@ async def test_bad_updates_mid_round_are_rejected_and_change_nothing(
         ):
             assert expected in reasons
         assert await saga.store.smembers(keys.contributors(req.round_id, 0)) == []
+        # ...and the device whose topic carried the last four heard each reason
+        agent = fleet.agent(device)
+        async with asyncio.timeout(10):
+            while len(agent.rejections) < len(bad) - 1:
+                await asyncio.sleep(0.05)
+        assert {r.topic for r in agent.rejections} == {f"fl/device/{device}/update"}
+        assert all(r.service == "aggregator" for r in agent.rejections)
         result = await task
         assert result.status == "succeeded", result.failure_reason
         assert result.participation["participants_per_iteration"] == [10]

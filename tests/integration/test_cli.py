@@ -57,8 +57,9 @@ async def test_read_verbs_show_a_finished_round_as_tables_and_as_json(
     model = json.loads(models.stdout)["digits-mlp"]
     assert model["active"] == "1.0.0"
     assert [v["version"] for v in model["versions"]] == ["1.0.0"]
-    rows = json.loads(devices.stdout)
-    assert {r["device_id"] for r in rows} == {a.device_id for a in fleet.agents}
+    ours = {a.device_id for a in fleet.agents}  # (an earlier test's fleet may say goodbye late)
+    rows = [r for r in json.loads(devices.stdout) if r["device_id"] in ours]
+    assert {r["device_id"] for r in rows} == ours
     assert {r["model_name"] for r in rows} == {"digits-mlp"}
     assert all(a.device_id in table.stdout for a in fleet.agents)  # ids never truncated
 
@@ -248,3 +249,22 @@ async def test_logs_prints_a_services_log_from_the_state_directory(stack: LocalS
     assert out.returncode == 0, out.stderr
     tail = (stack.workdir / "aggregator.log").read_text().splitlines()[-3:]
     assert out.stdout.splitlines() == tail
+
+
+async def test_a_second_process_for_a_running_service_instance_is_refused(
+    stack: LocalStack,
+) -> None:
+    # Prepare: the stack runs fedsaga-aggregator-0
+    aggregator = stack.services["aggregator"]
+    before = aggregator.serving_count()
+
+    # Execute: the README's `fedsaga service aggregator` beside it
+    second = await fedsaga("service", "aggregator", env=cli_env(stack), timeout=30)
+
+    # Assert: refused at once, saying how to run another instance; the first keeps serving
+    assert second.returncode == 2
+    out = second.stdout + second.stderr
+    assert "fedsaga-aggregator-0 is already running" in out, out
+    assert "FEDSAGA_INSTANCE" in out
+    assert aggregator.running
+    assert aggregator.serving_count() == before

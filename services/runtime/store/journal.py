@@ -21,10 +21,22 @@ from services.runtime.store._base import (
     raws,
     raws_opt,
     stream_entries,
+    text,
     text_hash,
+    text_opt,
 )
 
 DEAD_LETTERS_KEPT = 10_000
+
+# Set the holder unless another holds it; refresh it when we do. Returns the holder.
+_CLAIM = """
+local current = redis.call('GET', KEYS[1])
+if current == false or current == ARGV[1] or ARGV[3] == '1' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+return current
+"""
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,23 @@ class InFlight:
 
 class JournalStore(StoreBase):
     """Per service instance: what is in flight; per service: dead letters and dedupe marks."""
+
+    async def claim_instance(
+        self, identity: str, holder: str, ttl_ms: int, *, force: bool = False
+    ) -> str:
+        """Hold `identity` for `holder` (`host:pid`) for `ttl_ms`, or refresh our hold; the
+        holder afterwards (another one's when it holds the identity, unless `force`)."""
+        script = self.script(_CLAIM)
+        current = await script(
+            keys=[keys.instance_holder(identity)], args=[holder, ttl_ms, int(force)]
+        )
+        return text(current)
+
+    async def release_instance(self, identity: str, holder: str) -> None:
+        """Let go of `identity` if we hold it (a clean stop frees it at once)."""
+        key = keys.instance_holder(identity)
+        if text_opt(await self.redis.get(key)) == holder:
+            await self.redis.delete(key)
 
     async def journal_add(
         self, service: str, instance: str, topic: str, payload: bytes, *, lease_ms: int

@@ -15,7 +15,7 @@ import numpy as np
 
 from edge_client.agent import DeviceAgent
 from edge_client.config import DeviceProfile, FailureRates
-from federated.data import dirichlet_partition, load_digits, train_holdout_split
+from federated.data import fleet_partition, load_digits, train_holdout_split
 from schemas.mqtt import MqttEndpoint
 
 
@@ -33,15 +33,19 @@ class FleetSpec:
     prefix: str = "dev"  # device ids are f"{prefix}-{i:04d}"
     slowdown_s: float = 0.0  # extra seconds each device takes per training
 
+    def device_ids(self) -> list[str]:
+        """The fleet's device ids, in order."""
+        return [f"{self.prefix}-{i:04d}" for i in range(self.devices)]
+
 
 def device_data(spec: FleetSpec) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each device's local (x, y): the non-holdout digits split non-IID."""
+    """Each device's local (x, y): the non-holdout digits split non-IID (any fleet size)."""
     x, y = load_digits()
     x_tr, y_tr, _, _ = train_holdout_split(
         x, y, holdout_fraction=spec.holdout_fraction, rng=np.random.default_rng(spec.data_seed)
     )
-    parts = dirichlet_partition(
-        y_tr, num_clients=spec.devices, alpha=spec.alpha, rng=np.random.default_rng(spec.seed)
+    parts = fleet_partition(
+        y_tr, devices=spec.devices, alpha=spec.alpha, rng=np.random.default_rng(spec.seed)
     )
     return [(x_tr[idx], y_tr[idx]) for idx in parts]
 
@@ -78,7 +82,7 @@ class Fleet:
         """Agents of `endpoint`; with `passwords` (device id -> password) each logs in as its
         own id, as on a broker with mosquitto/prod.conf."""
         self.spec = spec
-        ids = [f"{spec.prefix}-{i:04d}" for i in range(spec.devices)]
+        ids = spec.device_ids()
         self.agents = [
             DeviceAgent(
                 device_id,

@@ -11,6 +11,7 @@ from federated.aggregate import FedAvgAccumulator
 from federated.compression import dequantize, dequantize_int8, quantize, quantize_int8
 from federated.data import (
     dirichlet_partition,
+    fleet_partition,
     load_digits,
     train_centralized,
     train_holdout_split,
@@ -115,6 +116,7 @@ __all__ = [
     "dirichlet_partition",
     "erk_densities",
     "flatten",
+    "fleet_partition",
     "forward_logits",
     "init_mlp",
     "l2_norm",

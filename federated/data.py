@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,6 +13,7 @@ from federated.params import Params
 
 __all__ = [
     "dirichlet_partition",
+    "fleet_partition",
     "load_digits",
     "train_centralized",
     "train_holdout_split",
@@ -83,6 +85,44 @@ def dirichlet_partition(
         if min(p.size for p in parts) >= min_size:
             return parts
     raise NumericsError(f"no partition with min_size={min_size} in {_MAX_PARTITION_ATTEMPTS} tries")
+
+
+def fleet_partition(
+    y: np.ndarray,
+    *,
+    devices: int,
+    alpha: float,
+    rng: np.random.Generator,
+    examples_per_part: int = 36,
+    min_size: int = 5,
+) -> list[np.ndarray]:
+    """Each of `devices` devices' example indices, for a fleet of any size.
+
+    While the data allows `examples_per_part` examples per device, every device gets its own
+    Dirichlet(alpha) part (at least 10 examples, as `dirichlet_partition`). A larger fleet (or
+    one too skewed for that) shares `len(y) // examples_per_part` parts (fewer if alpha is too
+    small for them) of at least `min_size` examples: device i
+    holds part i mod that count, in its own shuffled order, so neighbours differ in what they
+    see first in each epoch while the fleet's label skew is that of the parts.
+    """
+    labels = np.asarray(y)
+    if devices < 1:
+        raise NumericsError(f"a fleet needs at least one device, got {devices}")
+    if devices * examples_per_part <= labels.size:
+        with contextlib.suppress(NumericsError):  # too skewed for 10 each: share parts
+            return dirichlet_partition(labels, num_clients=devices, alpha=alpha, rng=rng)
+    count = min(devices, max(1, labels.size // examples_per_part))
+    while True:
+        try:
+            parts = dirichlet_partition(
+                labels, num_clients=count, alpha=alpha, rng=rng, min_size=min(min_size, labels.size)
+            )
+            break
+        except NumericsError:
+            if count == 1:
+                raise
+            count = max(1, count // 2)  # a very small alpha: fewer, larger parts
+    return [rng.permutation(parts[i % count]) for i in range(devices)]
 
 
 def train_centralized(

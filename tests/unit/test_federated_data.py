@@ -6,6 +6,7 @@ import pytest
 from federated import (
     NumericsError,
     dirichlet_partition,
+    fleet_partition,
     load_digits,
     predict,
     train_centralized,
@@ -92,3 +93,37 @@ def test_centralized_baseline_learns_digits() -> None:
         rng=np.random.default_rng(0),
     )
     assert np.mean(predict(params, x_ho) == y_ho) > 0.9
+
+
+@pytest.mark.parametrize("devices", [1, 30, 39, 40, 100, 1_000, 10_000])
+def test_a_fleet_of_any_size_gets_data_from_the_digits(devices: int) -> None:
+    # Prepare: the training part of the digits (1,437 examples)
+    y = np.repeat(np.arange(10), 144)[:1437]
+
+    # Execute
+    parts = fleet_partition(y, devices=devices, alpha=0.1, rng=np.random.default_rng(3))
+
+    # Assert: one part per device, never empty, within the data
+    assert len(parts) == devices
+    assert min(p.size for p in parts) >= 5
+    assert all(p.max() < y.size for p in parts)
+
+
+def test_a_small_fleet_keeps_its_own_parts_as_before() -> None:
+    # A fleet the data can give ~36 examples each is split exactly as dirichlet_partition
+    y = np.repeat(np.arange(10), 144)[:1437]
+    ours = fleet_partition(y, devices=30, alpha=0.5, rng=np.random.default_rng(0))
+    before = dirichlet_partition(y, num_clients=30, alpha=0.5, rng=np.random.default_rng(0))
+    assert all(np.array_equal(a, b) for a, b in zip(ours, before, strict=True))
+
+
+def test_devices_sharing_a_part_see_it_in_their_own_order() -> None:
+    # Execute: 1,000 devices over 39 parts
+    y = np.repeat(np.arange(10), 144)[:1437]
+    parts = fleet_partition(y, devices=1_000, alpha=0.5, rng=np.random.default_rng(0))
+    again = fleet_partition(y, devices=1_000, alpha=0.5, rng=np.random.default_rng(0))
+
+    # Assert: device 0 and device 39 hold the same examples in different orders; repeatable
+    assert np.array_equal(np.sort(parts[0]), np.sort(parts[39]))
+    assert not np.array_equal(parts[0], parts[39])
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))

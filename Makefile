@@ -56,14 +56,16 @@ test-deps: deps
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ needed")'
 	@$(PYTHON) -m venv $(VENV) || { \
-		echo "python venv module missing: installing python3-venv"; \
+		rm -rf $(VENV); echo "python venv module missing: installing python3-venv"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv && \
-		$(PYTHON) -m venv $(VENV); }
-	$(BIN)/pip install -q --upgrade pip
+		$(PYTHON) -m venv $(VENV); } || { rm -rf $(VENV); exit 1; }
+	$(BIN)/pip install -q --upgrade pip || { rm -rf $(VENV); exit 1; }
 
-# The services, devices and CLI, with the `sim` extra (the digits data the demo trains on).
+# The services, devices and CLI, with the `sim` extra (the digits data the demo trains on)
+# and `report` (matplotlib, for `fedsaga round report` in the README).
 $(RUNTIME): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[sim]'
+	$(BIN)/pip install -q -e '.[sim,report]'
 	@touch $(RUNTIME)
 
 # Everything `make test` needs: the dev extra (it includes sim, privacy and report).

@@ -84,21 +84,17 @@ class LocalStack:
     ) -> None:
         self.servers = PrivateServers(workdir, prod=broker)
         self.workdir = self.servers.workdir
-        # The private servers, whatever broker or Redis the environment names.
+        # The private servers; nothing else from the environment or a profile either (an
+        # operator's FEDSAGA_LOG_FORMAT or FEDSAGA_CANARY_STAGES must not change the stack).
         private = {
-            "mqtt_url": None,
             "mqtt_host": "127.0.0.1",
             "mqtt_port": self.servers.broker.port,
-            "mqtt_username": None,
-            "mqtt_password": None,
             "mqtt_tls": broker is not None,
             "mqtt_ca_file": None if broker is None else str(broker.ca_file),
-            "mqtt_cert_file": None,
-            "mqtt_key_file": None,
             "redis_url": self.servers.redis_url,
         }
         # Settings passed in (credentials, say) win over these.
-        self.settings = Settings(**(private | settings))  # type: ignore[arg-type]
+        self.settings = Settings.isolated(**(private | settings))
         self.services = {n: ServiceProcess(n, self.settings, self.workdir) for n in SERVICES}
 
     def __enter__(self) -> LocalStack:

@@ -54,6 +54,9 @@ def main() -> None:
         holdout_fraction=settings.holdout_fraction,
     )
     passwords = read_passwords(args.passwords) if args.passwords else None
+    missing = [d for d in spec.device_ids() if passwords is not None and d not in passwords]
+    if missing:  # it would log in with no password, or another device's
+        raise SystemExit(f"{args.passwords}: no password for {', '.join(missing[:5])}")
 
     async def run() -> None:
         async with Fleet(spec, settings.mqtt_endpoint(), passwords=passwords):

@@ -15,6 +15,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import shlex
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -29,8 +30,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.console import Console
 from rich.table import Table
 
-from fedsaga.client import FedSaga, RoundExists, RoundNotRunning, redact
+from fedsaga.client import APPEAR_S, FedSaga, RoundExists, RoundNotRunning
 from fedsaga.status import RoundResult, UnknownRound, describe
+from schemas.mqtt import redact
 from schemas.ops import Chaos, RoundRequested
 from services.runtime.settings import Settings
 
@@ -104,7 +106,9 @@ def _settings() -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(map(str, first["loc"])) or "settings"
-        _die(f"{where}: {first['msg']}")
+        _die(f"{where}: {first['msg'].removeprefix('Value error, ')}")
+    except (ValueError, OSError) as exc:  # an unreadable or malformed config file
+        _die(f"settings: {exc}")
 
 
 def _run(
@@ -123,8 +127,15 @@ def _run(
         _die(f"cannot reach Redis at {redis_url}: {exc}")
     except (UnknownRound, RoundExists, RoundNotRunning) as exc:
         _die(str(exc))
+    except ValidationError as exc:  # an option the message refuses (a --reason too long)
+        first = exc.errors()[0]
+        field = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "input"
+        _die(f"{field}: {first['msg']}")
     except TimeoutError as exc:
         _die(str(exc) or f"timed out ({where})")
+    except KeyboardInterrupt:  # Ctrl-C: not "the round failed" (1)
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
 
 
 @contextlib.asynccontextmanager
@@ -209,7 +220,11 @@ def up(
     from edge_client.fleet import Fleet, FleetSpec
 
     try:
-        with _exclusive(state_dir), LocalStack(state_dir) as stack:
+        stack_up = LocalStack(state_dir)
+    except FileNotFoundError as exc:  # mosquitto or redis-server not installed
+        _die(str(exc))
+    try:
+        with _exclusive(state_dir), stack_up as stack:
             s = stack.settings
 
             async def serve() -> None:
@@ -228,6 +243,8 @@ def up(
             asyncio.run(serve())
     except KeyboardInterrupt:  # Ctrl-C, whenever it comes: the stack is torn down by now
         console.print("stopped")
+    except (RuntimeError, TimeoutError) as exc:  # a server or service did not start
+        _die(f"the stack did not come up: {str(exc).splitlines()[0]} (logs in {state_dir})")
 
 
 async def _registered(settings: Settings, device_ids: set[str], timeout: float = 30.0) -> None:
@@ -250,7 +267,7 @@ def _print_up(settings: Settings, state_dir: Path, services: dict[str, Any]) -> 
         f"FEDSAGA_REDIS_URL={s.redis_url}",
         soft_wrap=True,
     )
-    console.print(f"  (or: export FEDSAGA_CONFIG={profile})", soft_wrap=True)
+    console.print(f"  (or: export FEDSAGA_CONFIG={shlex.quote(str(profile))})", soft_wrap=True)
     console.print("  fedsaga round start demo-1 --create-model --wait")
     for name, proc in services.items():
         console.print(f"metrics of {name}: {proc.metrics_url}", soft_wrap=True)
@@ -262,7 +279,7 @@ def service(name: str) -> None:
     """Run one service in this process (as `python -m services.NAME`)."""
     from services.runtime.main import main
 
-    main(name)
+    main(name, **_flags)
 
 
 @app.command()
@@ -517,9 +534,13 @@ def round_watch(
 
     async def go() -> int:
         async with _store(settings) as store, asyncio.timeout(timeout):
-            state = await store.get_round(round_id)
-            if not state.exists:
-                raise UnknownRound(f"no round {round_id}")
+            # A round requested a moment ago (mosquitto_pub ... && fedsaga round watch) may
+            # not be recorded yet.
+            deadline = time.monotonic() + APPEAR_S
+            while not (await store.get_round(round_id)).exists:
+                if time.monotonic() > deadline:
+                    raise UnknownRound(f"no round {round_id}")
+                await asyncio.sleep(0.1)
             return await _follow(store, round_id, as_json)
 
     raise typer.Exit(_run(settings, go, uses_mqtt=False))
@@ -565,7 +586,11 @@ def round_stop(
     wait: Annotated[bool, typer.Option(help="wait until the compensations ran")] = False,
     timeout: Annotated[float, typer.Option(help="with --wait: give up after seconds")] = 120.0,
 ) -> None:
-    """Cancel a running round: the steps done compensate in reverse order, as on a failure."""
+    """Cancel a running round: the steps done compensate in reverse order, as on a failure.
+
+    With --wait: exit 0 once the round has failed as asked (its compensations done), 1 if it
+    ended otherwise (it succeeded first).
+    """
     settings = _settings()
 
     async def go() -> int:

@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiomqtt
 
@@ -25,7 +24,7 @@ from schemas import topics
 from schemas.codec import decode, encode
 from schemas.errors import DecodeError
 from schemas.events import SagaEvent
-from schemas.mqtt import connect
+from schemas.mqtt import connect, redact
 from schemas.ops import RoundRequested, RoundStopRequested
 from services.runtime.settings import Settings
 from services.runtime.store import SagaStore
@@ -34,15 +33,6 @@ POLL_S = 1.0
 APPEAR_S = 5.0  # how long stop() waits for a just-requested round to be recorded
 OPS_USER = "fedsaga-ops"
 RECONNECT_S = 0.5
-
-
-def redact(url: str) -> str:
-    """A URL without its password, to print."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class RoundExists(ValueError):
@@ -135,6 +125,10 @@ class FedSaga:
             raise RoundExists(
                 f"round {request.round_id} already exists ({existing.status}); "
                 "round ids are never reused"
+            )
+        if not await self.store.claim_round_id(request.round_id):  # another client, just now
+            raise RoundExists(
+                f"round {request.round_id} was already requested; round ids are never reused"
             )
         await self._client.publish(topics.ROUND_START, encode(request), qos=1)
 

@@ -14,7 +14,7 @@ The device protocol's session rules (docs/device-protocol.md) are the keyword ar
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import aiomqtt
 from aiomqtt import ProtocolVersion, TLSParameters, Will
@@ -23,6 +23,14 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMES = {"mqtt": False, "tcp": False, "mqtts": True, "ssl": True}
+
+
+def redact(url: str) -> str:
+    """A URL (MQTT or Redis) without its password: safe to print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
 
 
 class MqttEndpoint(BaseModel):
@@ -43,17 +51,18 @@ class MqttEndpoint(BaseModel):
     def from_url(cls, url: str, **overrides: Any) -> MqttEndpoint:
         """Parse `mqtt[s]://[user[:password]@]host[:port]`; the port defaults by scheme."""
         parts = urlsplit(url)
+        shown = repr(redact(url))  # errors name the URL, never its password
         if parts.scheme not in SCHEMES:
-            raise ValueError(f"{url!r}: scheme must be one of {', '.join(SCHEMES)}")
+            raise ValueError(f"{shown}: scheme must be one of {', '.join(SCHEMES)}")
         if not parts.hostname:
-            raise ValueError(f"{url!r}: no host")
+            raise ValueError(f"{shown}: no host")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"{url!r}: an MQTT URL has no path or query")
+            raise ValueError(f"{shown}: an MQTT URL has no path or query")
         tls = SCHEMES[parts.scheme]
         try:
             port = parts.port
         except ValueError as exc:
-            raise ValueError(f"{url!r}: {exc}") from None
+            raise ValueError(f"{shown}: {exc}") from None
         values: dict[str, Any] = {
             "host": parts.hostname,
             "port": port or (8883 if tls else 1883),
@@ -72,7 +81,8 @@ class MqttEndpoint(BaseModel):
         """The endpoint as a URL without its password: safe to print and to paste."""
         scheme = "mqtts" if self.uses_tls else "mqtt"
         user = f"{quote(self.username, safe='')}@" if self.username else ""
-        return f"{scheme}://{user}{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
+        return f"{scheme}://{user}{host}:{self.port}"
 
     def login(self, username: str | None, password: str | None) -> MqttEndpoint:
         """The same broker with other credentials (a device's own, say)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -13,7 +14,7 @@ from schemas import topics
 from schemas.codec import encode
 from schemas.device import DeviceRejected
 from schemas.events import ErrorReport, Event, RoundFailed, StepCompensated
-from services.runtime.errors import Rejected
+from services.runtime.errors import Rejected, SagaConflict
 from services.runtime.settings import Settings
 from services.runtime.state import Field
 from services.runtime.store import SagaStore
@@ -80,18 +81,29 @@ class Context:
             await self.publish(topic_of(recorded), recorded)
         return recorded
 
-    async def fail(self, round_id: str, step: int, reason: str) -> None:
+    async def fail(
+        self,
+        round_id: str,
+        step: int,
+        reason: str,
+        *,
+        seen: Mapping[Field, str] | None = None,
+    ) -> None:
         """Fail the round at `step`; compensations of step..1 follow.
 
         The first failure wins; calling again (a replay, a second failing step) re-publishes
-        the recorded RoundFailed.
+        the recorded RoundFailed. With `seen` (fields as the caller read them when it chose
+        `step`), the failure applies only if they still hold: a round that moved on while
+        still running raises SagaConflict, so the message is retried against the new state.
         """
-        await self.store.transition(
+        applied = await self.store.transition(
             round_id,
-            {Field.STATUS: "running"},
+            {Field.STATUS: "running", **(seen or {})},
             {Field.STATUS: "compensating", Field.FAILED_STEP: step, Field.FAILURE_REASON: reason},
         )
         state = await self.store.get_round(round_id)
+        if not applied and seen is not None and state.running:
+            raise SagaConflict(f"round {round_id} moved on before it could fail at step {step}")
         if state.failing and state.failed_step is not None:
             failed = RoundFailed(
                 round_id=round_id, step=state.failed_step, reason=state.failure_reason or ""

@@ -2,13 +2,15 @@
 
 Two processes with one identity (`fedsaga-aggregator-0`) would share one MQTT client id, so
 the broker would disconnect each whenever the other connects (seen: every ~200 ms), and one
-in-flight journal. Each process therefore holds its identity in Redis (`host:pid`, expiring
-after HOLD_MS, refreshed every HOLD_MS / 3). A newcomer finding it held:
-- by a process on this host that is gone (killed with kill -9, say): takes it over at once;
+in-flight journal. Each process therefore holds its identity in Redis (`host:pid:start`,
+expiring after HOLD_MS, refreshed every HOLD_MS / 3). A newcomer finding it held:
+- by a process on this host that is gone (killed with kill -9, say): takes it over at once
+  (a compare-and-set against that holder, so of two newcomers one wins);
 - by a live process on this host: exits at once, saying how to run another instance;
 - by a process on another host: waits for the hold to lapse (a host that died stops
   refreshing it), and exits if it does not.
-If Redis is away at start, the service starts anyway and claims the identity once it can.
+If Redis is away at start, the service starts anyway and claims the identity once it can; a
+hold found taken by another live process later ends the service (exit 2).
 """
 
 from __future__ import annotations
@@ -37,42 +39,57 @@ class IdentityTaken(RuntimeError):
 
 
 def this_process() -> str:
-    """How a holder names itself: `host:pid`."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """How a holder names itself: `host:pid:start`, its start time in clock ticks since boot
+    (so a pid reused by another process after a kill -9 is not mistaken for the holder)."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time from /proc (empty where there is no /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _parts(holder: str) -> tuple[str, str, str]:
+    host, _, rest = holder.partition(":")
+    pid, _, start = rest.partition(":")
+    return host, pid, start
 
 
 def verdict(holder: str, me: str, holder_alive: bool) -> Verdict:
-    """What a process `me` does about the identity's current `holder` (both `host:pid`).
+    """What a process `me` does about the identity's current `holder` (both `host:pid:start`).
 
-    `holder_alive` says whether the holder's pid runs, which only means something when the
-    holder is on this host.
+    `holder_alive` says whether the holder's process still runs, which only means something
+    when the holder is on this host.
     """
     if holder == me:
         return "ours"
-    holder_host = holder.rpartition(":")[0]
-    if holder_host != me.rpartition(":")[0]:
+    if _parts(holder)[0] != _parts(me)[0]:
         return "wait"
     return "refuse" if holder_alive else "take_over"
 
 
 def pid_alive(holder: str) -> bool:
-    """Does the holder's pid still run a fedsaga process on this host? (A pid reused by an
-    unrelated process after a kill -9 does not count.)"""
-    pid = holder.rpartition(":")[2]
+    """Does the holder's process still run on this host: its pid, started when it says?
+    Where that cannot be told (no /proc), it counts as alive: wait rather than take over."""
+    _, pid, start = _parts(holder)
     if not pid.isdigit():
         return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"services" in cmdline or b"fedsaga" in cmdline
+    if not Path("/proc/self/stat").exists():
+        return True
+    return bool(start) and _start_time(int(pid)) == start
 
 
 def refusal(identity: str, holder: str) -> str:
     """The message a refused newcomer exits with."""
+    host, pid, _ = _parts(holder)
     return (
-        f"{identity} is already running ({holder}); to run another instance of this "
-        "service, give each instance its own FEDSAGA_INSTANCE and set FEDSAGA_SHARED=true"
+        f"{identity} is already running (pid {pid} on {host}); to run another instance of "
+        "this service, give each instance its own FEDSAGA_INSTANCE and set FEDSAGA_SHARED=true"
     )
 
 
@@ -85,9 +102,10 @@ async def claim(store: SagaStore, identity: str, me: str) -> None:
         if action == "ours":
             return
         if action == "take_over":
-            log.warning("took over from a process gone", identity=identity, holder=holder)
-            await store.claim_instance(identity, me, HOLD_MS, force=True)
-            return
+            log.warning("taking over from a process gone", identity=identity, holder=holder)
+            if await store.claim_instance(identity, me, HOLD_MS, replacing=holder) == me:
+                return
+            continue  # another newcomer replaced it first: judge that one
         if action == "refuse" or asyncio.get_running_loop().time() > deadline:
             raise IdentityTaken(refusal(identity, holder))
         log.warning("identity held on another host; waiting", identity=identity, holder=holder)
@@ -97,9 +115,10 @@ async def claim(store: SagaStore, identity: str, me: str) -> None:
 async def hold(store: SagaStore, identity: str, ready: asyncio.Event) -> None:
     """Claim the identity (then set `ready`) and keep it until cancelled, releasing it then.
 
-    Raises IdentityTaken before `ready` when another live process holds it. With Redis away
-    at start, `ready` is set at once (serve; the claim is made when Redis is back). A hold
-    lost later (Redis restarted without its data, say) is logged and taken back.
+    Raises IdentityTaken when another live process holds it: before `ready` at start, or
+    later (Redis was away at start, or another process took the identity while Redis lost
+    it), which ends the service rather than let two processes share a client id. With Redis
+    away at start, `ready` is set at once: serve, and claim when Redis is back.
     """
     me = this_process()
     claimed = False
@@ -109,10 +128,8 @@ async def hold(store: SagaStore, identity: str, ready: asyncio.Event) -> None:
                 if not claimed:
                     await claim(store, identity, me)
                     claimed = True
-                else:
-                    holder = await store.claim_instance(identity, me, HOLD_MS)
-                    if holder != me:
-                        log.error("identity held by another", identity=identity, holder=holder)
+                elif (holder := await store.claim_instance(identity, me, HOLD_MS)) != me:
+                    raise IdentityTaken(refusal(identity, holder))
             except CONNECTION_ERRORS:
                 pass  # Redis away: keep serving, claim when it is back
             ready.set()

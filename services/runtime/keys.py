@@ -62,6 +62,11 @@ def deployment(round_id: str) -> str:
     return f"{PREFIX}:round:{{{round_id}}}:deploy"
 
 
+def round_claimed(round_id: str) -> str:
+    """String: set once by the client that requests the round (ids are never reused)."""
+    return f"{PREFIX}:round:{{{round_id}}}:claimed"
+
+
 def rounds() -> str:
     """Sorted set: every round id by creation time."""
     return f"{PREFIX}:rounds"

@@ -1,14 +1,16 @@
 """Process entry point shared by `python -m services.NAME` and `fedsaga service NAME`."""
 
 import asyncio
-import contextlib
 import importlib
 import signal
+import sys
+from typing import Any
 
 import structlog
+from pydantic import ValidationError
 
 from schemas.steps import STEP_NAMES, Step
-from services.runtime.identity import hold
+from services.runtime.identity import IdentityTaken, hold
 from services.runtime.logging import configure
 from services.runtime.settings import Settings
 from services.runtime.store import SagaStore
@@ -30,11 +32,25 @@ def dump_tasks() -> None:
         log.warning("task", name=task.get_name(), awaiting=where or "(not started)")
 
 
-def main(name: str) -> None:
-    """Run one service until SIGTERM/SIGINT."""
+def main(name: str, **overrides: Any) -> None:
+    """Run one service until SIGTERM/SIGINT (`overrides`: settings given as CLI flags).
+
+    Exits 2, saying why in one line, for an unknown service, bad settings, or an instance
+    another process already runs.
+    """
     if name not in SERVICES:
-        raise SystemExit(f"unknown service {name!r}; one of {', '.join(SERVICES)}")
-    settings = Settings()
+        print(f"error: unknown service {name!r}; one of {', '.join(SERVICES)}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "settings"
+        print(f"error: {where}: {first['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (ValueError, OSError) as exc:  # an unreadable or malformed config file
+        print(f"error: settings: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     configure(name, settings.log_level, settings.log_format)
     service = importlib.import_module(f"services.{name}").service
 
@@ -45,23 +61,28 @@ def main(name: str) -> None:
         waiting = asyncio.create_task(ready.wait())
         await asyncio.wait({holding, waiting}, return_when=asyncio.FIRST_COMPLETED)
         waiting.cancel()
-        if holding.done():  # another process runs this instance
-            log.error("refused", reason=str(holding.exception()))
-            await store.aclose()
-            return 2
-        task = asyncio.create_task(service.run(settings))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-        try:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        finally:
-            holding.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await holding
-            await store.aclose()
-        return 0
+        task = None if holding.done() else asyncio.create_task(service.run(settings))
+        if task is not None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+            # Serve until stopped, or until another process holds this identity.
+            await asyncio.wait({task, holding}, return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        for part in (task, holding):
+            if part is None:
+                continue
+            part.cancel()
+            try:
+                await part
+            except asyncio.CancelledError:
+                pass
+            except IdentityTaken as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                log.error("refused", reason=str(exc))
+                code = 2
+        await store.aclose()
+        return code
 
     raise SystemExit(asyncio.run(serve()))

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -26,10 +27,29 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from schemas.mqtt import MqttEndpoint
+from schemas.mqtt import MqttEndpoint, redact
 
 # How an unset value (None) reads in an environment variable.
 NULL = "null"
+
+
+class _BrokerPerSource(PydanticBaseSettingsSource):
+    """A settings source in which naming the broker's host or port without a URL clears the
+    URL, so `FEDSAGA_MQTT_PORT` (or `Settings(mqtt_port=...)`) beats a profile's `mqtt_url`
+    as any stronger source beats a weaker one."""
+
+    def __init__(self, inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(inner.settings_cls)
+        self.inner = inner
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        values = self.inner()
+        if ("mqtt_host" in values or "mqtt_port" in values) and "mqtt_url" not in values:
+            values = {**values, "mqtt_url": None}
+        return values
 
 
 def config_file() -> Path:
@@ -45,11 +65,17 @@ class Settings(BaseSettings):
     """Where the broker and Redis are, and how this instance identifies itself."""
 
     model_config = SettingsConfigDict(
-        env_prefix="FEDSAGA_", env_parse_none_str=NULL, frozen=True, extra="ignore"
+        env_prefix="FEDSAGA_",
+        env_parse_none_str=NULL,
+        frozen=True,
+        extra="ignore",
+        hide_input_in_errors=True,  # a bad URL's message must not print its password
     )
 
-    # The broker: either `mqtt_url` (mqtt[s]://user[:password]@host[:port], which wins) or
-    # host and port; TLS when the URL says mqtts, `mqtt_tls` is set, or a CA file is given.
+    # The broker: either `mqtt_url` (mqtt[s]://user[:password]@host[:port]) or host and port,
+    # whichever the stronger source names (a source that sets host or port, and no URL,
+    # clears a URL from a weaker one); TLS when the URL says mqtts, `mqtt_tls` is set, or a
+    # CA file is given.
     mqtt_url: str | None = None
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
@@ -57,7 +83,7 @@ class Settings(BaseSettings):
     # With a password and no username, an instance logs in as its identity
     # (`fedsaga-{service}-{instance}`): prod.conf makes the username the client id.
     mqtt_username: str | None = None
-    mqtt_password: str | None = None
+    mqtt_password: str | None = Field(default=None, repr=False)
     mqtt_tls: bool = False
     mqtt_ca_file: str | None = None  # set: connect over TLS, verifying the broker with it
     mqtt_cert_file: str | None = None  # a client certificate, where the broker asks for one
@@ -109,11 +135,14 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
-            init_settings,
-            env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=config_file()),
-        )
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
+        return tuple(_BrokerPerSource(source) for source in (init_settings, env_settings, toml))
+
+    @classmethod
+    def isolated(cls, **values: Any) -> Settings:
+        """The defaults and `values` only: no environment, no config file (a private stack's
+        settings, which its child processes then get whole through `env()`)."""
+        return _Isolated(**values)
 
     @field_validator("canary_stages", mode="before")
     @classmethod
@@ -125,7 +154,22 @@ class Settings(BaseSettings):
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value is not None:
-            MqttEndpoint.from_url(value)  # a bad URL fails here, naming itself
+            MqttEndpoint.from_url(value)  # a bad URL fails here, naming itself (no password)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"{redact(value)!r}: scheme must be redis, rediss or unix")
+        return value
+
+    @field_validator("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
+    @classmethod
+    def _file(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).expanduser().is_file():
+            raise ValueError(f"no file {value}")
         return value
 
     @field_validator("canary_stages")
@@ -183,3 +227,18 @@ class Settings(BaseSettings):
                 text = str(value)
             out[f"FEDSAGA_{name.upper()}"] = text
         return out
+
+
+class _Isolated(Settings):
+    """Settings read from nothing but the values given (see `Settings.isolated`)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)

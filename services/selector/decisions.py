@@ -9,9 +9,8 @@
   so (`create_model`); a named `model_version` must exist.
 - A cohort smaller than `min_participating_nodes` **fails the round** at step 1, saying how
   many eligible devices other rounds hold.
-- An operator's **stop** fails a running round at the last step that did work (the aggregator,
-  once any iteration began, so its partial aggregate is discarded too), and the steps done
-  compensate in reverse order.
+- An operator's **stop** fails a running round at the last step that may have done work (the
+  aggregator anywhere in the training loop), and the steps done compensate in reverse order.
 - A round's **time budget** is every iteration's timeout plus every canary stage's timeout plus
   `ROUND_MARGIN_MS`; a round still running after it fails at the step it is stuck in. Leases
   last `LEASE_MARGIN_MS` longer than the budget, so they outlive the round's own deadline.
@@ -102,11 +101,16 @@ def cohort_shortfall(
     return reason
 
 
-def stop_step(status: str, step: int, iteration: int) -> int | str:
-    """The step at which an operator's stop fails the round, or why it cannot be stopped."""
+def stop_step(status: str, step: int) -> int | str:
+    """The step at which an operator's stop fails the round, or why it cannot be stopped.
+
+    In the training loop (steps 2-4) it is always the aggregator's: a partial sum or an
+    earlier iteration's model may exist whichever of the three the round is at, and each of
+    those compensations does nothing when it has nothing to undo.
+    """
     if status != "running":
         return f"round is {status}, not running"
-    if Step.DISTRIBUTE <= step <= Step.AGGREGATE and (iteration > 0 or step == Step.AGGREGATE):
+    if Step.DISTRIBUTE <= step <= Step.AGGREGATE:
         return int(Step.AGGREGATE)
     return step
 

@@ -65,11 +65,12 @@ async def on_stop_requested(stop: RoundStopRequested, ctx: Context) -> None:
     state = await ctx.store.get_round(stop.round_id)
     if not state.exists:
         raise Rejected(f"no round {stop.round_id}")
-    step = stop_step(state.status, state.step, state.iteration)
+    step = stop_step(state.status, state.step)
     if isinstance(step, str):
         raise Rejected(f"round {stop.round_id} cannot be stopped: {step}")
     reason = "stopped by the operator" + (f": {stop.reason}" if stop.reason else "")
-    await ctx.fail(stop.round_id, step, reason)
+    # Only if the round is still at the step we judged (else retried against the new one).
+    await ctx.fail(stop.round_id, step, reason, seen={Field.STEP: str(int(state.step))})
 
 
 async def select(request: RoundRequested, ctx: Context) -> None:

@@ -209,9 +209,10 @@ async def test_connection_flags_and_a_profile_file_point_the_cli(
     profile.write_text(
         f'mqtt_url = "mqtt://127.0.0.1:{s.mqtt_port}"\nredis_url = "{s.redis_url}"\n'
     )
-    del nowhere["FEDSAGA_MQTT_PORT"], nowhere["FEDSAGA_REDIS_URL"]
+    pointing = ("FEDSAGA_MQTT_PORT", "FEDSAGA_REDIS_URL")
+    unset = {k: v for k, v in nowhere.items() if k not in pointing}
 
-    # Execute: flags; then the profile
+    # Execute: flags beat the environment; a profile is read where the environment is silent
     flags = await fedsaga(
         "--mqtt-url",
         f"mqtt://127.0.0.1:{s.mqtt_port}",
@@ -230,13 +231,16 @@ async def test_connection_flags_and_a_profile_file_point_the_cli(
         "--wait",
         env=nowhere,
     )
-    from_profile = await fedsaga("--config", str(profile), "round", "list", "--json", env=nowhere)
+    from_profile = await fedsaga("--config", str(profile), "round", "list", "--json", env=unset)
+    env_beats_profile = await fedsaga("--config", str(profile), "round", "list", env=nowhere)
 
     # Assert
     assert flags.returncode == 0, flags.stderr
     assert json.loads(flags.stdout)["status"] == "succeeded"
     assert from_profile.returncode == 0, from_profile.stderr
     assert [r["round_id"] for r in json.loads(from_profile.stdout)] == ["flagged"]
+    assert env_beats_profile.returncode == 2
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in one_error_line(env_beats_profile)
 
 
 async def test_logs_prints_a_services_log_from_the_state_directory(stack: LocalStack) -> None:
@@ -268,3 +272,24 @@ async def test_a_second_process_for_a_running_service_instance_is_refused(
     assert "FEDSAGA_INSTANCE" in out
     assert aggregator.running
     assert aggregator.serving_count() == before
+
+
+async def test_service_takes_the_clis_connection_flags(stack: LocalStack) -> None:
+    # Execute: the environment points nowhere; the flags point at the stack's servers, where
+    # instance 0 of the aggregator runs already
+    s = stack.settings
+    nowhere = cli_env(stack, FEDSAGA_MQTT_PORT="1", FEDSAGA_REDIS_URL="redis://127.0.0.1:1/0")
+    second = await fedsaga(
+        "--mqtt-url",
+        f"mqtt://127.0.0.1:{s.mqtt_port}",
+        "--redis-url",
+        s.redis_url,
+        "service",
+        "aggregator",
+        env=nowhere,
+        timeout=30,
+    )
+
+    # Assert: it reached the stack's Redis (and was refused there), not port 1
+    assert second.returncode == 2
+    assert "fedsaga-aggregator-0 is already running" in second.stderr, second.stderr

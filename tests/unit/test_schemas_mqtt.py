@@ -66,3 +66,9 @@ def test_a_ca_file_alone_means_tls_and_reaches_the_client() -> None:
 
 def test_a_plain_endpoint_asks_the_client_for_no_tls_and_no_login() -> None:
     assert MqttEndpoint().client_options() == {"hostname": "127.0.0.1", "port": 1883}
+
+
+def test_an_ipv6_broker_prints_in_brackets_and_reads_back() -> None:
+    endpoint = MqttEndpoint(host="::1", port=1883)
+    assert endpoint.url == "mqtt://[::1]:1883"
+    assert MqttEndpoint.from_url(endpoint.url) == endpoint

@@ -66,11 +66,53 @@ def test_a_service_logs_in_as_its_identity_unless_given_a_username(
     assert (anonymous.username, anonymous.password) == (None, None)
 
 
-def test_an_mqtt_url_wins_over_host_and_port(clean_env: pytest.MonkeyPatch) -> None:
+def test_host_and_port_from_a_stronger_source_beat_a_weaker_sources_url(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Prepare: a profile naming the production broker; `up`'s exports name the local one
+    (tmp_path / "config.toml").write_text('mqtt_url = "mqtts://ops@prod.example:8883"\n')
+    clean_env.setenv("FEDSAGA_MQTT_HOST", "127.0.0.1")
+    clean_env.setenv("FEDSAGA_MQTT_PORT", "41234")
+
+    # Execute / Assert: the environment wins; arguments in code win over both
+    assert Settings().mqtt_endpoint().url == "mqtt://127.0.0.1:41234"
+    assert Settings(mqtt_port=5).mqtt_endpoint().url == "mqtt://127.0.0.1:5"
+    clean_env.delenv("FEDSAGA_MQTT_HOST")
+    clean_env.delenv("FEDSAGA_MQTT_PORT")
+    assert Settings().mqtt_endpoint().url == "mqtts://ops@prod.example:8883"
+
+
+def test_a_private_stacks_settings_ignore_the_environment(clean_env: pytest.MonkeyPatch) -> None:
+    # Prepare: an operator's shell
+    clean_env.setenv("FEDSAGA_LOG_FORMAT", "json")
+    clean_env.setenv("FEDSAGA_MQTT_URL", "mqtts://ops@prod.example:8883")
+
+    # Execute
+    isolated = Settings.isolated(mqtt_port=1999)
+
+    # Assert: only the defaults and what was given; and its children get exactly that
+    assert isolated.log_format == "console"
+    assert isolated.mqtt_endpoint().url == "mqtt://127.0.0.1:1999"
+    assert isolated.env()["FEDSAGA_MQTT_URL"] == "null"
+
+
+def test_a_password_is_never_printed(clean_env: pytest.MonkeyPatch) -> None:
+    assert "s3cret" not in repr(Settings(mqtt_password="s3cret"))
+    with pytest.raises(ValidationError) as caught:
+        Settings(mqtt_url="mqtts://ops:s3cret@broker:99999")
+    assert "s3cret" not in str(caught.value)
+    assert "ops:***@broker" in str(caught.value)
+
+
+def test_an_mqtt_url_wins_over_host_and_port_from_the_same_source(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     # Prepare
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a CA")
     clean_env.setenv("FEDSAGA_MQTT_HOST", "ignored")
     clean_env.setenv("FEDSAGA_MQTT_URL", "mqtts://fedsaga-ops:s%40cret@broker:9883")
-    clean_env.setenv("FEDSAGA_MQTT_CA_FILE", "/etc/ca.pem")
+    clean_env.setenv("FEDSAGA_MQTT_CA_FILE", str(ca))
 
     # Execute
     endpoint = Settings().mqtt_endpoint("fedsaga-ops")
@@ -79,7 +121,13 @@ def test_an_mqtt_url_wins_over_host_and_port(clean_env: pytest.MonkeyPatch) -> N
     assert (endpoint.host, endpoint.port) == ("broker", 9883)
     assert (endpoint.username, endpoint.password) == ("fedsaga-ops", "s@cret")
     assert endpoint.uses_tls
-    assert endpoint.ca_file == "/etc/ca.pem"
+    assert endpoint.ca_file == str(ca)
+
+
+def test_a_missing_ca_file_is_refused_naming_it(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("FEDSAGA_MQTT_CA_FILE", "/nonexistent/ca.pem")
+    with pytest.raises(ValidationError, match=r"no file /nonexistent/ca\.pem"):
+        Settings()
 
 
 def test_a_bad_mqtt_url_is_refused_naming_it(clean_env: pytest.MonkeyPatch) -> None:
@@ -94,9 +142,11 @@ def test_settings_without_variables_gives_the_defaults(clean_env: pytest.MonkeyP
     # Execute
     loaded = Settings()
 
-    # Assert
-    assert loaded == Settings()
+    # Assert: the documented defaults, and no broker URL to override host and port
+    assert (loaded.mqtt_url, loaded.mqtt_host, loaded.mqtt_port) == (None, "127.0.0.1", 1883)
+    assert loaded.redis_url == "redis://127.0.0.1:6379/0"
     assert loaded.canary_stages == (10, 50, 100)
+    assert (loaded.instance, loaded.shared, loaded.log_format) == ("0", False, "console")
 
 
 def test_settings_reads_and_converts_fedsaga_variables(clean_env: pytest.MonkeyPatch) -> None:

@@ -23,19 +23,24 @@ from services.runtime.store._base import (
     stream_entries,
     text,
     text_hash,
-    text_opt,
 )
 
 DEAD_LETTERS_KEPT = 10_000
 
-# Set the holder unless another holds it; refresh it when we do. Returns the holder.
+# Set the holder unless another holds it (or, with ARGV[3], unless one other than the holder
+# seen gone, ARGV[3], holds it); refresh it when we hold it. Returns the holder afterwards.
 _CLAIM = """
 local current = redis.call('GET', KEYS[1])
-if current == false or current == ARGV[1] or ARGV[3] == '1' then
+if current == false or current == ARGV[1] or (ARGV[3] ~= '' and current == ARGV[3]) then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return ARGV[1]
 end
 return current
+"""
+# Delete the key only if we hold it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -69,21 +74,22 @@ class JournalStore(StoreBase):
     """Per service instance: what is in flight; per service: dead letters and dedupe marks."""
 
     async def claim_instance(
-        self, identity: str, holder: str, ttl_ms: int, *, force: bool = False
+        self, identity: str, holder: str, ttl_ms: int, *, replacing: str = ""
     ) -> str:
-        """Hold `identity` for `holder` (`host:pid`) for `ttl_ms`, or refresh our hold; the
-        holder afterwards (another one's when it holds the identity, unless `force`)."""
+        """Hold `identity` for `holder` for `ttl_ms`, or refresh our hold; the holder after.
+
+        Another's hold stands, unless it is `replacing` (a holder seen gone): then only one of
+        several newcomers replacing it wins.
+        """
         script = self.script(_CLAIM)
         current = await script(
-            keys=[keys.instance_holder(identity)], args=[holder, ttl_ms, int(force)]
+            keys=[keys.instance_holder(identity)], args=[holder, ttl_ms, replacing]
         )
         return text(current)
 
     async def release_instance(self, identity: str, holder: str) -> None:
         """Let go of `identity` if we hold it (a clean stop frees it at once)."""
-        key = keys.instance_holder(identity)
-        if text_opt(await self.redis.get(key)) == holder:
-            await self.redis.delete(key)
+        await self.script(_RELEASE)(keys=[keys.instance_holder(identity)], args=[holder])
 
     async def journal_add(
         self, service: str, instance: str, topic: str, payload: bytes, *, lease_ms: int

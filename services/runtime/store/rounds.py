@@ -190,6 +190,11 @@ class RoundStore(StoreBase):
         last = stream_entries(await self.redis.xrevrange(keys.round_events(round_id), count=1))
         return last[0][1][b"kind"].decode() if last else None
 
+    async def claim_round_id(self, round_id: str) -> bool:
+        """Take a round id for one request; False when any client took it before."""
+        key = keys.round_claimed(round_id)
+        return bool(await self.redis.set(key, now_ms(), nx=True, ex=self.ttl_s))
+
     async def rounds(self) -> list[str]:
         """Every known round id, oldest first."""
         return texts(await self.redis.zrange(keys.rounds(), 0, -1))

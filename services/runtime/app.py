@@ -1,11 +1,13 @@
-"""A service and its loop: subscribe, journal, acknowledge, route, decode, dedupe, handle.
+"""A service and its loop: subscribe, route, decode, dedupe, handle, acknowledge.
 
 A service is a name and a table of routes (its compensation's routes among them, from
 `saga.compensation`), optional timers and an `on_connect` catch-up. The loop owns the policy
-once (`policy.py`): a message is journaled in Redis before the broker gets its
-acknowledgement, so a crash or a lost connection loses nothing that was acknowledged;
-rejected input is final; anything else is tried again with backoff from the journal, and a
-message that keeps failing becomes a dead letter.
+once (`policy.py`): the broker gets a message's acknowledgement only once the message is
+handled, or else kept in the journal in Redis, so a crash or a lost connection loses nothing
+acknowledged (an unacknowledged message is delivered again after the reconnect). Rejected
+input is final; anything else is tried again with backoff from the journal, and a message
+that keeps failing becomes a dead letter. Only failures touch the journal: a message handled
+at the first try costs no journal writes.
 """
 
 from __future__ import annotations
@@ -37,9 +39,6 @@ log = structlog.get_logger()
 
 TimerHandler = Callable[[str, str, Context], Awaitable[None]]
 
-# A message being handled is not retried from the journal before this long (a restart
-# replays it at once: the journal belongs to one instance).
-IN_HAND_LEASE_MS = 300_000
 RETRY_POLL_S = 0.25
 PROBE_S = 5.0
 
@@ -73,21 +72,31 @@ class Service:
     # -- one message --------------------------------------------------------------------------
 
     async def dispatch(self, message: aiomqtt.Message, ctx: Context) -> None:
-        """Journal a message, acknowledge it, then handle it under the error policy."""
+        """Handle a message under the error policy, then acknowledge it to the broker.
+
+        Acknowledgements go out in arrival order, as MQTT requires: messages are handled one
+        at a time. A message that failed is acknowledged only once it is in the journal.
+        """
         assert ctx.client is not None
         topic = message.topic.value
-        if self.route(topic) is None:
-            ack(ctx.client, message)
-            return
-        payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
-        item = await ctx.store.journal_add(
-            self.name, ctx.settings.instance, topic, payload, lease_ms=IN_HAND_LEASE_MS
-        )
-        ack(ctx.client, message)  # only now: until here the broker would deliver it again
-        await self.attempt(item, ctx)
+        route = self.route(topic)
+        if route is not None:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            try:
+                await self._handle(route, topic, bytes(payload), ctx)
+            except CONNECTION_ERRORS as exc:
+                # Unacknowledged, it comes again after the reconnect; journaled too, where
+                # Redis is up, in case a broker restart lost it.
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    await self._failed(InFlight.new(topic, bytes(payload)), exc, ctx)
+                raise
+            except Exception as exc:
+                log.exception("handler failed", topic=topic, attempts=1)
+                await self._failed(InFlight.new(topic, bytes(payload)), exc, ctx)
+        ack(ctx.client, message)
 
     async def attempt(self, item: InFlight, ctx: Context) -> None:
-        """Handle a journaled message once; forget it, or keep it for a retry, or give up."""
+        """Try a journaled message again; forget it, or keep it for a retry, or give up."""
         route = self.route(item.topic)
         try:
             if route is not None:

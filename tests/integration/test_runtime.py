@@ -1,8 +1,8 @@
 """The service runtime's delivery guarantees, on the real broker and Redis.
 
 A service is run in this process with handlers that fail on purpose, so each rule of the
-error policy (services/runtime/policy.py) is seen end to end: acknowledged only once
-journaled, retried with backoff, dead-lettered with its reason, rejected input final.
+error policy (services/runtime/policy.py) is seen end to end: acknowledged only once handled
+or journaled, retried with backoff, dead-lettered with its reason, rejected input final.
 """
 
 from __future__ import annotations
@@ -188,13 +188,13 @@ async def test_messages_queued_when_a_service_dies_are_delivered_after_it_restar
         await until(lambda: len(handled) >= 3)
     died_after = len(handled)
 
-    # ... and a new process with the same identity takes its session and journal over
+    # ... and a new process with the same identity takes its session over
     async with harness.running(harness.service(slow)):
         await until(lambda: len(handled) >= len(burst), timeout=15)
         await asyncio.sleep(0.5)  # time for a duplicate, should there be one
 
-    # Assert: every message handled exactly once; before acks waited for the journal, the
-    # queued ones were acknowledged on arrival and lost with the process
+    # Assert: every message handled exactly once; when paho acknowledged on arrival, the
+    # queued ones were lost with the process
     assert died_after < len(burst)
     assert sorted(handled) == sorted(burst)
     assert await harness.store.journal(harness.name, "0") == []

@@ -1,9 +1,9 @@
-"""The in-flight journal, dead letters and the handled-message marks.
+"""The retry journal, dead letters, the handled-message marks and instance identities.
 
-A service instance records each message here before acknowledging it to the broker and
-forgets it once handled, so nothing acknowledged is lost to a crash. A message whose handling
-failed for a retryable reason stays, with its attempt count and when to try it next; one that
-keeps failing moves to the service's dead letters, with its reason, for an operator to see.
+A message whose handling failed for a retryable reason is written here before the broker gets
+its acknowledgement, with its attempt count and when to try it next, and forgotten once
+handled; one that keeps failing moves to the service's dead letters, with its reason, for an
+operator to see. A message handled at the first try never comes here.
 """
 
 from __future__ import annotations
@@ -55,6 +55,11 @@ class InFlight:
     attempts: int = 0
     error: str = ""
 
+    @classmethod
+    def new(cls, topic: str, payload: bytes) -> InFlight:
+        """A message not yet tried again (the first attempt was the live one)."""
+        return cls(uuid.uuid4().hex, topic, payload, now_ms())
+
     def failed(self, error: str) -> InFlight:
         """This message after one more failed attempt."""
         return replace(self, attempts=self.attempts + 1, error=error)
@@ -90,14 +95,6 @@ class JournalStore(StoreBase):
     async def release_instance(self, identity: str, holder: str) -> None:
         """Let go of `identity` if we hold it (a clean stop frees it at once)."""
         await self.script(_RELEASE)(keys=[keys.instance_holder(identity)], args=[holder])
-
-    async def journal_add(
-        self, service: str, instance: str, topic: str, payload: bytes, *, lease_ms: int
-    ) -> InFlight:
-        """Record a message as in flight; the retry loop leaves it alone for `lease_ms`."""
-        item = InFlight(uuid.uuid4().hex, topic, payload, now_ms())
-        await self._put(service, instance, item, now_ms() + lease_ms)
-        return item
 
     async def journal_retry_at(
         self, service: str, instance: str, item: InFlight, due_ms: int

@@ -105,6 +105,7 @@ def split(events: list[dict[str, Any]], iterations: int) -> list[dict[str, float
     opened: dict[int, int] = {}
     sent: dict[int, int] = {}
     last_update: dict[int, int] = {}
+    arrivals: dict[int, list[int]] = {}
     closed: dict[int, int] = {}
     for e in events:
         kind, ts = e["kind"], e["ts_ms"]
@@ -112,6 +113,7 @@ def split(events: list[dict[str, Any]], iterations: int) -> list[dict[str, float
             sent[e["iteration"]] = ts
         elif kind == "update.received":
             last_update[e["iteration"]] = max(ts, last_update.get(e["iteration"], 0))
+            arrivals.setdefault(e["iteration"], []).append(ts)
         elif kind == "iteration.completed":
             closed[e["iteration"]] = ts
         elif kind == "nodes.selected":
@@ -129,6 +131,12 @@ def split(events: list[dict[str, Any]], iterations: int) -> list[dict[str, float
                 "train": (last_update[it] - sent[it]) / 1000,
                 "close": (closed[it] - last_update[it]) / 1000,
                 "total": (closed[it] - opened[it]) / 1000,
+                # when the first, median and last updates were folded, after the weights
+                **{
+                    f"update_{name}": (sorted(arrivals[it])[int(q * (len(arrivals[it]) - 1))] - sent[it])
+                    / 1000
+                    for name, q in (("first", 0.0), ("median", 0.5), ("last", 1.0))
+                },
             }
         )
     return out

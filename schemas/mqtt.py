@@ -13,6 +13,7 @@ The device protocol's session rules (docs/device-protocol.md) are the keyword ar
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -123,6 +124,9 @@ def connect(
     return aiomqtt.Client(
         identifier=identifier,
         protocol=ProtocolVersion.V5,
+        # No Nagle: a small packet (a PUBACK, an event) must not wait for the peer's delayed
+        # ACK of the one before, ~40 ms each (bench/stack.py saw updates paced by it).
+        socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         clean_start=clean_start,
         properties=properties,
         keepalive=keepalive,

@@ -31,7 +31,7 @@ from services.aggregator.decisions import (
     check_update,
     fedavg_weight,
 )
-from services.runtime import Context, Rejected, Service, StaleRound, compensation, keys, metrics, on
+from services.runtime import Context, Rejected, Service, StaleRound, compensation, metrics, on
 from services.runtime.state import Field, RoundState
 
 _RETRIES = 50
@@ -80,16 +80,16 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
 
 async def check_sender(update: DeviceUpdate, ctx: Context) -> RoundState:
     """Refuse an update its sender had no business sending (decisions.check_update)."""
-    round_id, device_id = update.round_id, update.device_id
-    state = await ctx.store.get_round(round_id)
-    registered = await ctx.store.device(device_id)
+    state, registered, selected, held = await ctx.store.sender_view(
+        update.round_id, update.device_id
+    )
     refusal = check_update(
         update,
         round_status=state.status,
-        selected=await ctx.store.sismember(keys.cohort(round_id), device_id),
+        selected=selected,
         current_iteration=state.iteration if state.exists else None,
         closing=state.at(update.iteration).closing,
-        held_digest=await ctx.store.hget(keys.held(round_id), device_id),
+        held_digest=held,
         registered_examples=None if registered is None else registered.num_examples,
     )
     _refuse(refusal)

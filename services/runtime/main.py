@@ -22,14 +22,25 @@ SERVICES = tuple(STEP_NAMES[step] for step in Step)
 
 
 def dump_tasks() -> None:
-    """Log what every asyncio task of this process awaits (`kill -USR1 PID`, for a stuck one)."""
+    """Log what every asyncio task of this process awaits (`kill -USR1 PID`, for a stuck one),
+    down the chain of awaits to the innermost."""
     for task in asyncio.all_tasks():
-        frames = task.get_stack()
-        where = " <- ".join(
-            f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno})"
-            for f in reversed(frames)
-        )
+        where = " -> ".join(_awaits(task.get_coro()))
         log.warning("task", name=task.get_name(), awaiting=where or "(not started)")
+
+
+def _awaits(coro: object) -> list[str]:
+    """`function (file:line)` of a coroutine and each one it awaits, outermost first."""
+    out = []
+    while coro is not None and len(out) < 40:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            out.append(
+                f"{frame.f_code.co_name} ({frame.f_code.co_filename.rsplit('/', 2)[-1]}:"
+                f"{frame.f_lineno})"
+            )
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return out
 
 
 def main(name: str, **overrides: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -125,6 +126,9 @@ class StoreBase:
         self.redis = redis
         self.ttl_s = ttl_s
         self._scripts: dict[str, AsyncScript] = {}
+        # Weights by content digest, recently read (immutable, so never stale): a service
+        # reads an iteration's base model once, not once per update.
+        self._params: OrderedDict[str, Any] = OrderedDict()
 
     def script(self, source: str) -> AsyncScript:
         """`source` registered once per store (Lua runs atomically in Redis)."""

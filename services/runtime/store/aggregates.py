@@ -8,16 +8,54 @@ iteration's device states, so it cannot commit once the coordinator fenced the i
 from __future__ import annotations
 
 import numpy as np
-from redis.exceptions import WatchError
 
 from federated.aggregate import FedAvgAccumulator
+from schemas.codec import unpack
+from schemas.device import DeviceStatus
 from services.runtime import keys
 from services.runtime.errors import SagaConflict, StaleRound
-from services.runtime.state import Field
-from services.runtime.store._base import StoreBase, raw_opt, texts
+from services.runtime.state import Field, RoundState
+from services.runtime.store._base import StoreBase, raw_opt, text_hash, text_opt, texts
 from services.runtime.store.progress import traffic_field
 
-_WATCH_RETRIES = 50
+_FOLD_RETRIES = 50
+_CLOSING, _NOT_TRAINING, _MOVED = -1, -2, -3
+
+# KEYS: sum, contributors, round hash, iteration hash. ARGV: device, closing field.
+# -> {already in, closing, device's state or '', contributors (the sum's version), sum or ''}
+_FOLD_READ = """
+local inside = redis.call('SISMEMBER', KEYS[2], ARGV[1])
+local closing = redis.call('HEXISTS', KEYS[3], ARGV[2])
+local state = redis.call('HGET', KEYS[4], ARGV[1]) or ''
+local version = redis.call('SCARD', KEYS[2])
+local sum = redis.call('GET', KEYS[1]) or ''
+return {inside, closing, state, version, sum}
+"""
+# KEYS: the above and the round's traffic hash. ARGV: device, closing field, version read,
+# new sum, ttl, payload bytes, bytes field, payloads field, traffic field.
+# -> 1 folded, 0 already in, -1 closing, -2 not training, -3 another fold came between.
+_FOLD_WRITE = """
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return -1 end
+if redis.call('HGET', KEYS[4], ARGV[1]) ~= 'training' then return -2 end
+if redis.call('SCARD', KEYS[2]) ~= tonumber(ARGV[3]) then return -3 end
+redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[5])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('HINCRBY', KEYS[3], ARGV[7], ARGV[6])
+redis.call('HINCRBY', KEYS[3], ARGV[8], 1)
+redis.call('HSET', KEYS[5], ARGV[9], ARGV[6])
+redis.call('EXPIRE', KEYS[5], ARGV[5])
+return 1
+"""
+
+
+def _check_foldable(it: int, device_id: str, *, closing: bool, state: bytes | None) -> None:
+    """StaleRound when the iteration is closing or the device is not training in it."""
+    if closing:
+        raise StaleRound(f"iteration {it} closed while the update was checked")
+    if state != b"training":
+        raise StaleRound(f"device {device_id} is not training in iteration {it}")
 
 
 class AggregateStore(StoreBase):
@@ -39,34 +77,63 @@ class AggregateStore(StoreBase):
         same transaction, so they count each update exactly once too.
         """
         acc_key, contrib_key = keys.accumulator(round_id, it), keys.contributors(round_id, it)
-        traffic_key = keys.traffic(round_id)
         round_key, it_key = keys.round_hash(round_id), keys.iteration(round_id, it)
-        for _ in range(_WATCH_RETRIES):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(acc_key, contrib_key, round_key, it_key)
-                    if await pipe.sismember(contrib_key, device_id):
-                        return False
-                    if await pipe.hexists(round_key, f"closing_{it}"):
-                        raise StaleRound(f"iteration {it} closed while the update was checked")
-                    if await pipe.hget(it_key, device_id) != b"training":
-                        raise StaleRound(f"device {device_id} is not training in iteration {it}")
-                    raw = raw_opt(await pipe.get(acc_key))
-                    acc = FedAvgAccumulator.from_bytes(raw) if raw else FedAvgAccumulator()
-                    acc.add(delta, weight)
-                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
-                    pipe.set(acc_key, acc.to_bytes(), ex=self.ttl_s)
-                    pipe.sadd(contrib_key, device_id)
-                    pipe.expire(contrib_key, self.ttl_s)
-                    pipe.hincrby(round_key, Field.BYTES_UP, payload_bytes)
-                    pipe.hincrby(round_key, Field.PAYLOADS_UP, 1)
-                    pipe.hset(traffic_key, traffic_field(it, "up", device_id), payload_bytes)
-                    pipe.expire(traffic_key, self.ttl_s)
-                    await pipe.execute()
-                    return True
-                except WatchError:
-                    continue
+        fold_keys = [acc_key, contrib_key, round_key, it_key, keys.traffic(round_id)]
+        closing = f"closing_{it}"
+        for _ in range(_FOLD_RETRIES):
+            # Read everything in one round trip, add in numpy, write back in one round trip
+            # if no other fold came between (the contributor count is the sum's version).
+            contributed, is_closing, state, version, raw = await self.script(_FOLD_READ)(
+                keys=fold_keys[:4], args=[device_id, closing]
+            )
+            if contributed:
+                return False
+            _check_foldable(it, device_id, closing=bool(is_closing), state=raw_opt(state) or None)
+            acc = FedAvgAccumulator.from_bytes(raw) if raw else FedAvgAccumulator()
+            acc.add(delta, weight)
+            written = await self.script(_FOLD_WRITE)(
+                keys=fold_keys,
+                args=[
+                    device_id,
+                    closing,
+                    version,
+                    acc.to_bytes(),
+                    self.ttl_s,
+                    payload_bytes,
+                    Field.BYTES_UP,
+                    Field.PAYLOADS_UP,
+                    traffic_field(it, "up", device_id),
+                ],
+            )
+            if written in (0, 1):
+                return bool(written)
+            if written == _CLOSING:
+                _check_foldable(it, device_id, closing=True, state=b"training")
+            if written == _NOT_TRAINING:
+                _check_foldable(it, device_id, closing=False, state=None)
+            # _MOVED: another fold came between the read and the write: read again
         raise SagaConflict("accumulator kept conflicting")
+
+
+    async def sender_view(
+        self, round_id: str, device_id: str
+    ) -> tuple[RoundState, DeviceStatus | None, bool, str | None]:
+        """What an update's checks need, in one round trip: the round, the sender's registry
+        entry, whether it is in the cohort, and the digest of the model it was sent."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.round_hash(round_id))
+            pipe.hget(keys.devices(), device_id)
+            pipe.sismember(keys.cohort(round_id), device_id)
+            pipe.hget(keys.held(round_id), device_id)
+            round_hash, registered, selected, held = await pipe.execute()
+        state = RoundState.from_hash(round_id, text_hash(round_hash))
+        status = raw_opt(registered)
+        return (
+            state,
+            DeviceStatus.model_validate(unpack(status)) if status else None,
+            bool(selected),
+            text_opt(held),
+        )
 
     async def aggregate(self, round_id: str, it: int) -> FedAvgAccumulator | None:
         """The iteration's running sum, if any update was folded in."""

@@ -31,6 +31,9 @@ def decode_params(raw: bytes) -> Params:
     return {k: v.copy() for k, v in obj.items()}
 
 
+PARAMS_CACHED = 4  # models kept in memory by digest (a wide one is 4 MB)
+
+
 class ModelStore(StoreBase):
     """Content-addressed weights and the model registry."""
 
@@ -50,6 +53,7 @@ class ModelStore(StoreBase):
 
     async def drop_params(self, d: str) -> None:
         """Delete a blob (a candidate that will never be a version)."""
+        self._params.pop(d, None)
         await self.redis.delete(keys.blob(d))
 
     async def persist_params(self, d: str) -> None:
@@ -57,14 +61,21 @@ class ModelStore(StoreBase):
         await self.redis.persist(keys.blob(d))
 
     async def get_params(self, d: str) -> Params | None:
-        """Weights by digest, verified; None when unknown."""
-        raw = raw_opt(await self.redis.get(keys.blob(d)))
-        if raw is None:
-            return None
-        params = decode_params(raw)
-        if digest(params) != d:
-            raise ValueError(f"blob {d} is corrupt")
-        return params
+        """Weights by digest, verified; None when unknown. A copy each time (callers may
+        change it); the last PARAMS_CACHED read stay in memory, as a digest names one content."""
+        cached: Params | None = self._params.get(d)
+        if cached is None:
+            raw = raw_opt(await self.redis.get(keys.blob(d)))
+            if raw is None:
+                return None
+            cached = decode_params(raw)
+            if digest(cached) != d:
+                raise ValueError(f"blob {d} is corrupt")
+            self._params[d] = cached
+            while len(self._params) > PARAMS_CACHED:
+                self._params.popitem(last=False)
+        self._params.move_to_end(d)
+        return {k: v.copy() for k, v in cached.items()}
 
     async def claim_version(self, model: str, ver: str, round_id: str) -> str:
         """Claim version `ver` of `model` for a round unless taken; returns its owner round.

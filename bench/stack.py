@@ -100,6 +100,11 @@ class Row:
     redis_by_command: dict[str, float] = field(default_factory=dict)
 
 
+def _quantile(values: list[int], q: float) -> int:
+    ordered = sorted(values)
+    return ordered[int(q * (len(ordered) - 1))]
+
+
 def split(events: list[dict[str, Any]], iterations: int) -> list[dict[str, float]]:
     """Per iteration, seconds to distribute, to train, to close, and in all."""
     opened: dict[int, int] = {}
@@ -133,8 +138,7 @@ def split(events: list[dict[str, Any]], iterations: int) -> list[dict[str, float
                 "total": (closed[it] - opened[it]) / 1000,
                 # when the first, median and last updates were folded, after the weights
                 **{
-                    f"update_{name}": (sorted(arrivals[it])[int(q * (len(arrivals[it]) - 1))] - sent[it])
-                    / 1000
+                    f"update_{name}": (_quantile(arrivals[it], q) - sent[it]) / 1000
                     for name, q in (("first", 0.0), ("median", 0.5), ("last", 1.0))
                 },
             }

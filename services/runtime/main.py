@@ -31,7 +31,7 @@ def dump_tasks() -> None:
 
 def _awaits(coro: object) -> list[str]:
     """`function (file:line)` of a coroutine and each one it awaits, outermost first."""
-    out = []
+    out: list[str] = []
     while coro is not None and len(out) < 40:
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         if frame is not None:

@@ -47,6 +47,11 @@ def iteration(round_id: str, it: int) -> str:
     return f"{PREFIX}:round:{{{round_id}}}:it:{it}"
 
 
+def iteration_counts(round_id: str, it: int) -> str:
+    """Hash: how many devices of the iteration are still `training`, and how many `done`."""
+    return f"{PREFIX}:round:{{{round_id}}}:it:{it}:counts"
+
+
 def accumulator(round_id: str, it: int) -> str:
     """String: the running FedAvg sum for one iteration."""
     return f"{PREFIX}:round:{{{round_id}}}:it:{it}:acc"

@@ -7,7 +7,9 @@ inferred: `deadline_passed`, `went_offline`). A state moves once, out of `traini
 - An iteration is **settled** when no device is still training. A device whose update is in the
   aggregate (a contributor) counts as done even if the coordinator has not heard so yet.
 - It **closes** once settled, or when its deadline passes: whoever is still training then has
-  failed with `deadline_passed`.
+  failed with `deadline_passed`. Counters of devices training and done (kept with each move)
+  say when a full check **is worth it**, so a settled device costs O(1), not a read of the
+  whole iteration.
 - It **meets quorum** when at least `min_participating_nodes` devices and at least half the
   cohort (rounded up) are done. Then the aggregator applies the iteration; otherwise the round
   fails at step 3 with a reason that counts the failures by cause.
@@ -40,6 +42,14 @@ def failure_note(reason: str, iteration: int) -> str:
 def settled(states: Mapping[str, str], contributors: Collection[str]) -> bool:
     """Is no device still training (a contributor being as good as done)?"""
     return all(s != TRAINING or d in contributors for d, s in states.items())
+
+
+def worth_checking(training: int, undelivered: int) -> bool:
+    """After a device settled: could the iteration be settled now? Yes when none is training,
+    or when no more are training than have contributed without being marked done (their
+    UpdateReceived may be in flight, or lost with a broker restart), so a full check could
+    find every one of them a contributor. Otherwise not, without reading the iteration."""
+    return training <= max(undelivered, 0)
 
 
 def should_close(

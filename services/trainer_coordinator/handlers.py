@@ -33,6 +33,7 @@ from services.trainer_coordinator.decisions import (
     quorum,
     should_close,
     still_offline,
+    worth_checking,
 )
 
 
@@ -51,9 +52,7 @@ async def on_weights_distributed(event: WeightsDistributed, ctx: Context) -> Non
             now_ms() + request.iteration_timeout_ms,
         )
     )
-    it_key = keys.iteration(event.round_id, event.iteration)
-    for device_id in event.recipients:
-        await ctx.store.hsetnx(it_key, device_id, TRAINING)
+    await ctx.store.arm_iteration(event.round_id, event.iteration, list(event.recipients))
     await ctx.schedule(event.round_id, f"deadline:{event.iteration}", deadline)
     for device_id in event.recipients:
         command = TrainCommand(
@@ -72,8 +71,10 @@ async def on_weights_distributed(event: WeightsDistributed, ctx: Context) -> Non
 
 async def on_update_received(event: UpdateReceived, ctx: Context) -> None:
     """The aggregator took this device's update: it is done for the iteration."""
-    it_key = keys.iteration(event.round_id, event.iteration)
-    if await ctx.store.hcas(it_key, event.device_id, TRAINING, DONE):
+    counts = await ctx.store.settle_device(
+        event.round_id, event.iteration, event.device_id, DONE, done=True
+    )
+    if counts is not None and worth_checking(*counts):
         await close_if_settled(event.round_id, event.iteration, ctx)
 
 
@@ -115,12 +116,15 @@ async def _still_offline(round_id: str, device_id: str, ctx: Context) -> None:
 async def _mark_failed(
     round_id: str, iteration: int, device_id: str, reason: str, ctx: Context
 ) -> None:
-    it_key = keys.iteration(round_id, iteration)
     if await ctx.store.contributed(round_id, iteration, device_id):
         return  # its update is in the aggregate: it did its part, whatever happened after
-    if await ctx.store.hcas(it_key, device_id, TRAINING, failed_state(reason)):
+    counts = await ctx.store.settle_device(
+        round_id, iteration, device_id, failed_state(reason), done=False
+    )
+    if counts is not None:
         ctx.log.info("device failed", device_id=device_id, reason=reason, iteration=iteration)
-        await close_if_settled(round_id, iteration, ctx)
+        if worth_checking(*counts):
+            await close_if_settled(round_id, iteration, ctx)
 
 
 async def on_connect(ctx: Context) -> None:

@@ -20,6 +20,7 @@ from services.trainer_coordinator.decisions import (
     settled,
     should_close,
     still_offline,
+    worth_checking,
 )
 
 PROPERTY = settings(database=None, deadline=None)
@@ -231,3 +232,42 @@ def test_still_offline(round_status: str | None, device_state: str | None, expec
 
     # Assert
     assert result is expected
+
+
+# --- worth_checking -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("training", "undelivered", "expected"),
+    [
+        (0, 0, True),  # the last device settled
+        (900, 3, False),  # mid-burst: the aggregator a few updates ahead
+        (3, 3, True),  # the last three training may be the three contributors not yet heard
+        (2, 3, True),
+        (4, 3, False),  # at least one is truly still training
+        (5, -1, False),  # counts momentarily off (a fence): no scan unless none is training
+        (0, -1, True),
+    ],
+)
+def test_a_full_check_is_worth_it_only_when_settling_is_possible(
+    training: int, undelivered: int, expected: bool
+) -> None:
+    assert worth_checking(training, undelivered) is expected
+
+
+@given(
+    states=st.lists(st.sampled_from(["training", "done", "failed:x"]), min_size=1, max_size=30),
+    contributed=st.lists(st.booleans(), min_size=30, max_size=30),
+)
+def test_never_skipping_a_check_that_would_settle_the_iteration(
+    states: list[str], contributed: list[bool]
+) -> None:
+    # Prepare: devices, their states, and which contributed (every done device did)
+    devices = {f"d{i}": s for i, s in enumerate(states)}
+    contributors = {d for i, (d, s) in enumerate(devices.items()) if s == "done" or contributed[i]}
+    training = sum(s == "training" for s in devices.values())
+    undelivered = len(contributors) - sum(s == "done" for s in devices.values())
+
+    # Assert: whenever the full check would find it settled, the counters say check
+    if settled(devices, contributors):
+        assert worth_checking(training, undelivered)

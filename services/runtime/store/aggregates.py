@@ -18,6 +18,28 @@ from services.runtime.state import Field, RoundState
 from services.runtime.store._base import StoreBase, raw_opt, text_hash, text_opt, texts
 from services.runtime.store.progress import traffic_field
 
+# KEYS: iteration hash, its counts. ARGV: ttl, devices... -> devices training
+_ARM = """
+for i = 2, #ARGV do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], 'training') == 1 then
+    redis.call('HINCRBY', KEYS[2], 'training', 1)
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return tonumber(redis.call('HGET', KEYS[2], 'training') or '0')
+"""
+# KEYS: iteration hash, its counts, its contributors. ARGV: device, new state, done (0/1).
+# -> {devices still training, contributors not yet marked done}, or {-1, 0} if the device
+# was not training.
+_SETTLE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= 'training' then return {-1, 0} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local left = redis.call('HINCRBY', KEYS[2], 'training', -1)
+local done = tonumber(redis.call('HGET', KEYS[2], 'done') or '0')
+if ARGV[3] == '1' then done = redis.call('HINCRBY', KEYS[2], 'done', 1) end
+return {left, redis.call('SCARD', KEYS[3]) - done}
+"""
 _FOLD_RETRIES = 50
 _CLOSING, _NOT_TRAINING, _MOVED = -1, -2, -3
 
@@ -134,6 +156,28 @@ class AggregateStore(StoreBase):
             bool(selected),
             text_opt(held),
         )
+
+    async def arm_iteration(self, round_id: str, it: int, devices: list[str]) -> int:
+        """Mark each device training in the iteration (once: a replay changes nothing) and
+        count them; returns how many are training."""
+        keys_ = [keys.iteration(round_id, it), keys.iteration_counts(round_id, it)]
+        return int(await self.script(_ARM)(keys=keys_, args=[self.ttl_s, *devices]))
+
+    async def settle_device(
+        self, round_id: str, it: int, device_id: str, state: str, *, done: bool
+    ) -> tuple[int, int] | None:
+        """Move a device from training to `state` (done: it delivered). Returns how many are
+        still training and how many contributors are not yet marked done; None if the
+        device was not training (a repeat, or after the iteration closed)."""
+        keys_ = [
+            keys.iteration(round_id, it),
+            keys.iteration_counts(round_id, it),
+            keys.contributors(round_id, it),
+        ]
+        left, pending = await self.script(_SETTLE)(
+            keys=keys_, args=[device_id, state, int(done)]
+        )
+        return None if int(left) < 0 else (int(left), int(pending))
 
     async def aggregate(self, round_id: str, it: int) -> FedAvgAccumulator | None:
         """The iteration's running sum, if any update was folded in."""

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from deploy.process import ChildProcess
@@ -19,10 +20,13 @@ class ServiceProcess(ChildProcess):
     """One service running as `python -m services.NAME`, logging to a file, serving its
     Prometheus metrics on a port of its own (`metrics_url`)."""
 
-    def __init__(self, name: str, settings: Settings, workdir: Path) -> None:
+    def __init__(
+        self, name: str, settings: Settings, workdir: Path, label: str | None = None
+    ) -> None:
         self.name = name
         self.settings = settings
-        self.log = workdir / f"{name}.log"
+        self.label = label or name  # `aggregator`, or `aggregator-b` for a shared instance
+        self.log = workdir / f"{self.label}.log"
         self.metrics_port = free_port()  # kept across restarts
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -80,8 +84,15 @@ class LocalStack:
     """
 
     def __init__(
-        self, workdir: Path | None = None, *, broker: ProdBroker | None = None, **settings: object
+        self,
+        workdir: Path | None = None,
+        *,
+        broker: ProdBroker | None = None,
+        shared: Mapping[str, int] | None = None,
+        **settings: object,
     ) -> None:
+        """`shared`: services to run as several instances sharing their subscriptions
+        (`{"aggregator": 2}` runs aggregator-a and aggregator-b with FEDSAGA_SHARED)."""
         self.servers = PrivateServers(workdir, prod=broker)
         self.workdir = self.servers.workdir
         # The private servers; nothing else from the environment or a profile either (an
@@ -95,7 +106,16 @@ class LocalStack:
         }
         # Settings passed in (credentials, say) win over these.
         self.settings = Settings.isolated(**(private | settings))
-        self.services = {n: ServiceProcess(n, self.settings, self.workdir) for n in SERVICES}
+        self.services: dict[str, ServiceProcess] = {}
+        for name in SERVICES:
+            count = (shared or {}).get(name, 1)
+            if count == 1:
+                self.services[name] = ServiceProcess(name, self.settings, self.workdir)
+                continue
+            for instance in "abcdefgh"[:count]:
+                own = self.settings.model_copy(update={"shared": True, "instance": instance})
+                label = f"{name}-{instance}"
+                self.services[label] = ServiceProcess(name, own, self.workdir, label)
 
     def __enter__(self) -> LocalStack:
         self.servers.__enter__()

@@ -253,8 +253,7 @@ async def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args()
     rows = []
-    # Canary stages get 2 minutes: the fixed 10 s default is too short for 1,000 devices.
-    with LocalStack(canary_timeout_ms=120_000) as stack:
+    with LocalStack() as stack:
         for cohort in args.cohorts:
             rows.append(await run_config(stack, cohort, args.model, args.iterations))
             print(f"cohort {cohort}: done", file=sys.stderr, flush=True)

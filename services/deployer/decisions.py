@@ -42,6 +42,12 @@ def stage_sizes(fleet: int, percents: tuple[int, ...]) -> list[int]:
     return [max(1, math.ceil(fleet * p / 100)) if fleet else 0 for p in percents]
 
 
+def stage_timeout_ms(base_ms: int, per_device_ms: int, devices: int) -> int:
+    """How long a canary stage waits for its devices' health reports: a base, plus a little
+    per device it deploys to."""
+    return base_ms + per_device_ms * devices
+
+
 def stage_devices(fleet: Sequence[str], percents: tuple[int, ...], stage: int) -> list[str]:
     """The devices that stage `stage` (1-based) adds to those of the stages before it."""
     sizes = stage_sizes(len(fleet), percents)

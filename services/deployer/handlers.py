@@ -27,6 +27,7 @@ from services.deployer.decisions import (
     rollout_order,
     stage_devices,
     stage_outcomes,
+    stage_timeout_ms,
     stage_verdict,
 )
 from services.runtime import Context, Service, compensation, keys, metrics, on
@@ -86,10 +87,10 @@ async def start_stage(round_id: str, stage: int, ctx: Context) -> None:
             keys.deployment(round_id), device_id, deployment_state(PENDING, stage)
         )
     await ctx.store.set_fields(round_id, {Field.DEPLOY_STAGE: stage})
+    s = ctx.settings
+    timeout = stage_timeout_ms(s.canary_timeout_ms, s.canary_ms_per_device, len(new))
     deadline = int(
-        await ctx.store.set_once(
-            round_id, stage_deadline_field(stage), now_ms() + ctx.settings.canary_timeout_ms
-        )
+        await ctx.store.set_once(round_id, stage_deadline_field(stage), now_ms() + timeout)
     )
     await ctx.schedule(round_id, f"stage:{stage}", deadline)
     chaos = state.request.simulate_failure

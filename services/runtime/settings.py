@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     canary_stages: Annotated[tuple[int, ...], NoDecode] = (10, 50, 100)
     canary_tolerance: float = 0.05
     canary_timeout_ms: int = 10_000
+    # ... plus this much per device a stage adds: sending the model to and hearing back from
+    # 1,000 devices takes longer than from 10 (a fixed 10 s failed a healthy 100% stage).
+    canary_ms_per_device: int = 20
     # Observability: Prometheus metrics served over HTTP on this port (0: not served); log
     # lines as `json` or key=value `console` lines, at this level (services/runtime/logging.py).
     metrics_port: int = 0

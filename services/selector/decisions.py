@@ -61,10 +61,16 @@ def rank(statuses: list[DeviceStatus], seed: int) -> list[DeviceStatus]:
 
 
 def round_budget_ms(
-    request: RoundRequested, canary_stages: tuple[int, ...], canary_timeout_ms: int
+    request: RoundRequested,
+    canary_stages: tuple[int, ...],
+    canary_timeout_ms: int,
+    *,
+    canary_ms_per_device: int = 0,
+    fleet: int = 0,
 ) -> int:
-    """How long a round may take before it is failed: every iteration and canary stage."""
-    stages = len(canary_stages) * canary_timeout_ms
+    """How long a round may take before it is failed: every iteration and every canary stage
+    (each a base timeout plus a little per device; the stages together reach the fleet)."""
+    stages = len(canary_stages) * canary_timeout_ms + canary_ms_per_device * fleet
     return request.training_rounds * request.iteration_timeout_ms + stages + ROUND_MARGIN_MS
 
 

@@ -77,10 +77,16 @@ async def select(request: RoundRequested, ctx: Context) -> None:
     """Lease the best-ranked eligible devices, fail short of the minimum, else announce them."""
     s = ctx.settings
     round_id = request.round_id
-    budget_ms = round_budget_ms(request, s.canary_stages, s.canary_timeout_ms)
     now = now_ms()
     await ctx.store.forget_devices(now - s.key_ttl_s * 1000)
     registry = await ctx.store.devices(seen_since_ms=now - s.device_fresh_ms)
+    budget_ms = round_budget_ms(
+        request,
+        s.canary_stages,
+        s.canary_timeout_ms,
+        canary_ms_per_device=s.canary_ms_per_device,
+        fleet=len(registry),  # the rollout reaches every device heard from
+    )
     candidates = rank([d for d in registry if eligible(d)], request.seed)
     cohort = await lease_cohort(request, candidates, lease_ms(budget_ms), ctx)
     held: Counter[str] = Counter()

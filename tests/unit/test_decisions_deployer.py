@@ -20,6 +20,7 @@ from services.deployer.decisions import (
     stage_devices,
     stage_outcomes,
     stage_sizes,
+    stage_timeout_ms,
     stage_verdict,
 )
 
@@ -363,3 +364,19 @@ def test_a_devices_judged_stage_is_known_once_it_has_a_verdict() -> None:
     assert judged_stage(deployment_state("failed", 3)) == 3
     assert judged_stage(deployment_state(PENDING, 1)) is None
     assert judged_stage("") is None
+
+
+
+# --- stage_timeout_ms ---------------------------------------------------------------------------
+
+
+def test_a_stage_waits_longer_the_more_devices_it_deploys_to() -> None:
+    # A stage of 10 devices waits about the base; the 100% stage of 2,000 devices much longer
+    assert stage_timeout_ms(10_000, 20, 10) == 10_200
+    assert stage_timeout_ms(10_000, 20, 1_000) == 30_000
+    assert stage_timeout_ms(10_000, 0, 1_000) == 10_000  # the old fixed timeout, when asked
+
+
+@given(base=st.integers(0, 10**6), per=st.integers(0, 1_000), devices=st.integers(0, 10**5))
+def test_a_stage_timeout_never_shrinks_with_more_devices(base: int, per: int, devices: int) -> None:
+    assert stage_timeout_ms(base, per, devices + 1) >= stage_timeout_ms(base, per, devices)

@@ -211,6 +211,14 @@ def test_charging_devices_never_rank_below_unplugged_ones(fleet: list[DeviceStat
 # --- round_budget_ms / lease_ms ---------------------------------------------------------------
 
 
+def test_the_round_budget_grows_with_the_fleet_the_rollout_reaches() -> None:
+    # The stages' per-device time, summed over the stages, reaches every device once
+    request = RoundRequested(round_id="r1", training_rounds=1, iteration_timeout_ms=1_000)
+    small = round_budget_ms(request, (10, 50, 100), 10_000, canary_ms_per_device=20, fleet=10)
+    large = round_budget_ms(request, (10, 50, 100), 10_000, canary_ms_per_device=20, fleet=2_000)
+    assert large - small == 20 * (2_000 - 10)
+
+
 def test_round_budget_covers_every_iteration_and_stage_and_a_margin() -> None:
     # Prepare: 25 iterations of 30 s, three canary stages of 20 s
     request = RoundRequested(round_id="r1", training_rounds=25, iteration_timeout_ms=30_000)

@@ -32,6 +32,7 @@ from rich.table import Table
 
 from fedsaga.client import APPEAR_S, FedSaga, RoundExists, RoundNotRunning
 from fedsaga.status import RoundResult, UnknownRound, describe
+from schemas.errors import first_error
 from schemas.mqtt import redact
 from schemas.ops import Chaos, RoundRequested
 from services.runtime.settings import Settings
@@ -104,9 +105,7 @@ def _settings() -> Settings:
     try:
         return Settings(**_flags)  # type: ignore[arg-type]
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(map(str, first["loc"])) or "settings"
-        _die(f"{where}: {first['msg'].removeprefix('Value error, ')}")
+        _die(first_error(exc, whole="settings"))
     except (ValueError, OSError) as exc:  # an unreadable or malformed config file
         _die(f"settings: {exc}")
 
@@ -128,9 +127,7 @@ def _run(
     except (UnknownRound, RoundExists, RoundNotRunning) as exc:
         _die(str(exc))
     except ValidationError as exc:  # an option the message refuses (a --reason too long)
-        first = exc.errors()[0]
-        field = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "input"
-        _die(f"{field}: {first['msg']}")
+        _die(first_error(exc, options=True, whole="input"))
     except TimeoutError as exc:
         _die(str(exc) or f"timed out ({where})")
     except KeyboardInterrupt:  # Ctrl-C: not "the round failed" (1)
@@ -330,9 +327,7 @@ def build_request(round_id: str, fields: dict[str, Any]) -> RoundRequested:
     try:
         return RoundRequested.model_validate({"round_id": round_id, **fields})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        option = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "request"
-        _die(f"{option}: {first['msg'].removeprefix('Value error, ')}")
+        _die(first_error(exc, options=True, whole="request"))
 
 
 @round_app.command("start")

@@ -9,6 +9,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from schemas.errors import first_error
 from schemas.steps import STEP_NAMES, Step
 from services.runtime.identity import IdentityTaken, hold
 from services.runtime.logging import configure
@@ -55,9 +56,7 @@ def main(name: str, **overrides: Any) -> None:
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(map(str, first["loc"])) or "settings"
-        print(f"error: {where}: {first['msg']}", file=sys.stderr)
+        print(f"error: {first_error(exc, whole='settings')}", file=sys.stderr)
         raise SystemExit(2) from None
     except (ValueError, OSError) as exc:  # an unreadable or malformed config file
         print(f"error: settings: {exc}", file=sys.stderr)

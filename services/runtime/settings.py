@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -129,6 +129,9 @@ class Settings(BaseSettings):
             raise ValueError("with FEDSAGA_SHARED, give each instance its own FEDSAGA_INSTANCE")
         return self
 
+    # False: read nothing but the values given (see `isolated`).
+    _reads_environment: ClassVar[bool] = True
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -138,6 +141,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        if not cls._reads_environment:
+            return (init_settings,)
         toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
         return tuple(_BrokerPerSource(source) for source in (init_settings, env_settings, toml))
 
@@ -235,13 +240,4 @@ class Settings(BaseSettings):
 class _Isolated(Settings):
     """Settings read from nothing but the values given (see `Settings.isolated`)."""
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
+    _reads_environment: ClassVar[bool] = False

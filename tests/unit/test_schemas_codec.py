@@ -41,7 +41,7 @@ from schemas.device import (
     StopCommand,
     TrainCommand,
 )
-from schemas.errors import DecodeError
+from schemas.errors import DecodeError, first_error
 from schemas.events import (
     ErrorReport,
     Event,
@@ -932,3 +932,13 @@ def test_a_json_array_is_refused_as_json_not_as_broken_msgpack() -> None:
 def test_a_cohort_below_the_minimum_is_refused_by_the_request() -> None:
     with pytest.raises(ValidationError, match="below min_participating_nodes"):
         RoundRequested(round_id="r1", cohort_size=2, min_participating_nodes=3)
+
+
+def test_a_validation_error_reads_as_one_line_naming_the_field_or_option() -> None:
+    with pytest.raises(ValidationError) as caught:
+        RoundRequested(round_id="r1", learning_rate=-1)
+    assert first_error(caught.value) == "learning_rate: Input should be greater than 0"
+    assert first_error(caught.value, options=True).startswith("--learning-rate: ")
+    with pytest.raises(ValidationError) as whole:
+        RoundRequested(round_id="r1", cohort_size=2, min_participating_nodes=3)
+    assert first_error(whole.value, whole="request").startswith("request: cohort_size 2 is")

@@ -24,7 +24,9 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,54 @@ def redis_counters(client: redis.Redis) -> tuple[int, int, int]:
     return calls, int(stats["total_net_input_bytes"]), int(stats["total_net_output_bytes"])
 
 
+class Attribution:
+    """Redis calls and commands by the client that sent them (MONITOR; `--by-service`).
+
+    Services name their connections (`fedsaga-aggregator`, ...). A script's own commands
+    follow its EVALSHA in MONITOR's output, so they count for the client that ran it: `calls`
+    are round trips' worth of commands sent, `commands` add what scripts ran. MONITOR slows
+    Redis, so the run's timings are not comparable with a run without it.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.calls: Counter[str] = Counter()
+        self.commands: Counter[str] = Counter()
+        self.by_command: Counter[tuple[str, str]] = Counter()
+        self._monitor = self.client.monitor()
+        self._monitor.__enter__()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        last = ""
+        with contextlib.suppress(Exception):  # the connection closed under it: stopped
+            while True:
+                cmd = self._monitor.next_command()
+                if cmd.get("client_type") == "lua":
+                    who = last
+                else:
+                    who = last = f"{cmd['client_address']}:{cmd['client_port']}"
+                    self.calls[who] += 1
+                self.commands[who] += 1
+                self.by_command[who, cmd["command"].split(" ", 1)[0].strip('"').lower()] += 1
+
+    def stop(self) -> dict[str, dict[str, Any]]:
+        """Figures by client name (unnamed clients: the bench's own, the fleet's none)."""
+        names = {c["addr"]: c["name"] or "other" for c in self.client.client_list()}
+        self._monitor.connection.disconnect()
+        self._thread.join(5)
+        out: dict[str, dict[str, Any]] = {}
+        for addr, n in self.commands.items():
+            name = names.get(addr, "gone").removeprefix("fedsaga-")
+            entry = out.setdefault(name, {"calls": 0, "commands": 0, "by_command": Counter()})
+            entry["calls"] += self.calls[addr]
+            entry["commands"] += n
+        for (addr, command), n in self.by_command.items():
+            out[names.get(addr, "gone").removeprefix("fedsaga-")]["by_command"][command] += n
+        return out
+
+
 async def broker_bytes(stack: LocalStack) -> tuple[int, int]:
     """Bytes the broker received and sent so far, from its $SYS topics (dev.conf: 1 s)."""
     values: dict[str, int] = {}
@@ -98,6 +148,7 @@ class Row:
     rss_mb: dict[str, float] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
     redis_by_command: dict[str, float] = field(default_factory=dict)
+    redis_by_service: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _quantile(values: list[int], q: float) -> int:
@@ -146,7 +197,9 @@ def split(events: list[dict[str, Any]], iterations: int) -> list[dict[str, float
     return out
 
 
-async def run_config(stack: LocalStack, cohort: int, model: str, iterations: int) -> Row:
+async def run_config(
+    stack: LocalStack, cohort: int, model: str, iterations: int, *, by_service: bool = False
+) -> Row:
     """One round over a fresh fleet of `cohort` devices."""
     r = redis.Redis.from_url(stack.settings.redis_url)
     r.flushdb()
@@ -192,7 +245,9 @@ async def run_config(stack: LocalStack, cohort: int, model: str, iterations: int
             cpu0 = {n: cpu_s(p) for n, p in pids.items()}
             calls0, rin0, rout0 = redis_counters(r)
             bin0, bout0 = await broker_bytes(stack)
+            watch = Attribution(stack.settings.redis_url) if by_service else None
             result = await saga.run(request, timeout=60 + iterations * 120)
+            attributed = watch.stop() if watch else {}
             calls1, rin1, rout1 = redis_counters(r)
             by_command = redis_commands(r)
             await asyncio.sleep(1.1)  # the broker's $SYS counters, a second behind
@@ -206,6 +261,14 @@ async def run_config(stack: LocalStack, cohort: int, model: str, iterations: int
             n = cohort * iterations
             row.redis_by_command = {
                 k: round(v / n, 2) for k, v in sorted(by_command.items(), key=lambda kv: -kv[1])
+            }
+            row.redis_by_service = {
+                name: {
+                    "calls": round(v["calls"] / n, 1),
+                    "commands": round(v["commands"] / n, 1),
+                    "top": {c: round(k / n, 2) for c, k in v["by_command"].most_common(6)},
+                }
+                for name, v in sorted(attributed.items(), key=lambda kv: -kv[1]["commands"])
             }
             row.per_device_iteration = {
                 "redis_commands": round((calls1 - calls0) / n, 1),
@@ -251,11 +314,20 @@ async def main() -> None:
     parser.add_argument("--model", choices=sorted(MODELS), default="small")
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument(
+        "--by-service",
+        action="store_true",
+        help="attribute Redis calls to the services that made them (MONITOR: slows Redis)",
+    )
     args = parser.parse_args()
     rows = []
     with LocalStack() as stack:
         for cohort in args.cohorts:
-            rows.append(await run_config(stack, cohort, args.model, args.iterations))
+            rows.append(
+                await run_config(
+                    stack, cohort, args.model, args.iterations, by_service=args.by_service
+                )
+            )
             print(f"cohort {cohort}: done", file=sys.stderr, flush=True)
     show(rows)
     for row in rows:
@@ -263,6 +335,9 @@ async def main() -> None:
         print(f"Redis commands per device-iteration, cohort {row.cohort}: " + ", ".join(
             f"{k} {v}" for k, v in top
         ))
+        for name, v in row.redis_by_service.items():
+            top_ = ", ".join(f"{k} {c}" for k, c in v["top"].items())
+            print(f"  {name}: {v['calls']} calls, {v['commands']} commands ({top_})")
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=2))
 

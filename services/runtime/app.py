@@ -244,7 +244,9 @@ class Service:
 
     async def run(self, settings: Settings) -> None:
         """Serve forever, reconnecting whenever the broker or Redis goes away."""
-        store = SagaStore.from_url(settings.redis_url, ttl_s=settings.key_ttl_s)
+        store = SagaStore.from_url(
+            settings.redis_url, ttl_s=settings.key_ttl_s, name=f"fedsaga-{self.name}"
+        )
         ctx = Context(service=self.name, settings=settings, store=store)
         if settings.metrics_port:
             metrics.serve(settings.metrics_port)

@@ -31,9 +31,11 @@ class SagaStore(
     """All Redis access of the services goes through here."""
 
     @classmethod
-    def from_url(cls, url: str, *, ttl_s: int = DEFAULT_TTL_S) -> SagaStore:
-        """Connect (lazily) to the Redis at `url`."""
-        return cls(connect(url), ttl_s=ttl_s)
+    def from_url(
+        cls, url: str, *, ttl_s: int = DEFAULT_TTL_S, name: str | None = None
+    ) -> SagaStore:
+        """Connect (lazily) to the Redis at `url`, as client `name` (see `connect`)."""
+        return cls(connect(url, name=name), ttl_s=ttl_s)
 
 
 __all__ = ["InFlight", "Payload", "SagaStore", "decode_params", "encode_params"]

@@ -30,10 +30,12 @@ _RETRY = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=10)
 _RETRY_ON = [RedisConnectionError, RedisTimeoutError]
 
 
-def connect(url: str) -> aioredis.Redis:
-    """A lazily connecting client for `url` that rides out a Redis restart."""
+def connect(url: str, *, name: str | None = None) -> aioredis.Redis:
+    """A lazily connecting client for `url` that rides out a Redis restart; `name` is what
+    `CLIENT LIST` shows for its connections (`fedsaga-aggregator`, ...)."""
     return aioredis.Redis.from_url(
         url,
+        client_name=name,
         decode_responses=False,
         retry=_RETRY,
         retry_on_error=_RETRY_ON,

@@ -10,7 +10,7 @@ import numpy as np
 
 from federated.errors import NumericsError, PayloadError, ShapeError
 
-__all__ = ["FedAvgAccumulator"]
+__all__ = ["FedAvgAccumulator", "check_update"]
 
 # magic, has_sum flag, count, total_weight, number of float64 elements that follow
 _HEADER = struct.Struct("<4sBQdQ")
@@ -24,6 +24,18 @@ def _check_weight(num_examples: int) -> None:
         raise NumericsError(f"num_examples must be positive, got {num_examples}")
 
 
+def check_update(delta_flat: np.ndarray, num_examples: int) -> np.ndarray:
+    """What `FedAvgAccumulator.add` checks, alone: a 1-D, finite update and a positive
+    integer weight (ShapeError, NumericsError). Returns the update as an array."""
+    _check_weight(num_examples)
+    vec = np.asarray(delta_flat)
+    if vec.ndim != 1:
+        raise ShapeError(f"expected a 1-D update, got shape {vec.shape}")
+    if not np.all(np.isfinite(vec)):
+        raise NumericsError("update contains non-finite values")
+    return vec
+
+
 @dataclass
 class FedAvgAccumulator:
     """Running example-weighted sum of flat updates; memory O(model size), not O(updates)."""
@@ -34,14 +46,9 @@ class FedAvgAccumulator:
 
     def add(self, delta_flat: np.ndarray, num_examples: int) -> None:
         """Fold one flat update trained on `num_examples` examples into the running sum."""
-        _check_weight(num_examples)
-        vec = np.asarray(delta_flat)
-        if vec.ndim != 1:
-            raise ShapeError(f"expected a 1-D update, got shape {vec.shape}")
+        vec = check_update(delta_flat, num_examples)
         if self.weighted_sum is not None and vec.shape != self.weighted_sum.shape:
             raise ShapeError(f"update has {vec.size} elements, expected {self.weighted_sum.size}")
-        if not np.all(np.isfinite(vec)):
-            raise NumericsError("update contains non-finite values")
         contribution = vec.astype(np.float64) * float(num_examples)
         if self.weighted_sum is None:
             self.weighted_sum = contribution

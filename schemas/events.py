@@ -64,7 +64,8 @@ class IterationCompleted(Event):
     kind: Literal["iteration.completed"] = "iteration.completed"
     iteration: int = Field(ge=0)
     global_digest: Digest
-    num_examples: int = Field(ge=0)
+    num_examples: int = Field(ge=0)  # the FedAvg weight of the iteration, summed
+    updates: int = Field(default=0, ge=0)  # how many updates it averaged
 
 
 class ModelAggregated(Event):
@@ -74,6 +75,8 @@ class ModelAggregated(Event):
     kind: Literal["model.aggregated"] = "model.aggregated"
     iterations: int = Field(ge=1)
     digest: Digest
+    num_examples: int = Field(default=0, ge=0)  # the last iteration's, as IterationCompleted
+    updates: int = Field(default=0, ge=0)
 
 
 class ModelValidated(Event):

@@ -99,7 +99,7 @@ def check_update(
 
 def check_payload(
     *,
-    base_digest: str,
+    base_digest: str | None,
     payload_base_digest: str | None,
     payload_spec: ParamSpec,
     model_spec: ParamSpec,
@@ -122,3 +122,17 @@ def fedavg_weight(num_examples: int, cap: str | int | None) -> int:
     device registered.
     """
     return num_examples if cap is None else min(num_examples, int(cap))
+
+
+def close_plan(contributors: set[str], in_memory: set[str]) -> tuple[bool, list[str]]:
+    """How to sum an iteration at its close: (whether this instance's in-memory sum can be
+    used, the devices whose buffered updates must be read and added).
+
+    The in-memory sum covers `in_memory`; Redis says who contributed. What is in memory but
+    not among the contributors cannot happen (a device enters the sum only after Redis took
+    its update), short of the iteration being discarded and begun again; the sum is then
+    not trusted, and every update is read from the buffer.
+    """
+    if not in_memory <= contributors:
+        return False, sorted(contributors)
+    return True, sorted(contributors - in_memory)

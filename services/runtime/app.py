@@ -137,7 +137,7 @@ class Service:
             self._count(topic, "invalid")
             await ctx.reject(topic, f"invalid payload: {exc.reason}")
             return
-        msg_id = getattr(obj, "msg_id", None)
+        msg_id = None if route.idempotent else getattr(obj, "msg_id", None)
         round_id = getattr(obj, "round_id", None)
         if msg_id and await ctx.store.seen(self.name, msg_id):
             self._count(topic, "duplicate")

@@ -38,11 +38,19 @@ _FILTERS: dict[type[BaseModel], str] = {
 
 @dataclass(frozen=True)
 class Route(Generic[M]):
-    """Messages on `topic` (a filter) decode as `model` and go to `handler`."""
+    """Messages on `topic` (a filter) decode as `model` and go to `handler`.
+
+    The runtime drops a message whose `msg_id` its service handled before, which costs two
+    Redis calls per message. A handler that is `idempotent` makes a repeat change nothing
+    by itself (an update already buffered, a device already settled: checked in the same
+    script that writes), so the runtime skips those calls for it: the per-device messages of
+    every iteration go through such handlers.
+    """
 
     topic: str
     model: type[M]
     handler: Callable[[M, Context], Awaitable[None]]
+    idempotent: bool = False
 
 
 def filter_for(model: type[BaseModel]) -> str:
@@ -56,8 +64,13 @@ def filter_for(model: type[BaseModel]) -> str:
     raise TypeError(f"no topic known for {model.__name__}")
 
 
-def on(handler: Callable[[M, Context], Awaitable[None]], topic: str | None = None) -> Route[M]:
+def on(
+    handler: Callable[[M, Context], Awaitable[None]],
+    topic: str | None = None,
+    *,
+    idempotent: bool = False,
+) -> Route[M]:
     """The route to `handler`, its model taken from its first parameter's annotation."""
     first = next(iter(inspect.signature(handler).parameters))
     model: Any = typing.get_type_hints(handler)[first]
-    return Route(topic or filter_for(model), model, handler)
+    return Route(topic or filter_for(model), model, handler, idempotent)

@@ -232,8 +232,8 @@ service = Service(
     on_connect=on_connect,
     routes=[
         on(on_weights_distributed),
-        on(on_update_received),
-        on(on_report),
+        on(on_update_received, idempotent=True),
+        on(on_report, idempotent=True),
         on(on_status),
         *compensation(Step.TRAIN, stop_training),
     ],

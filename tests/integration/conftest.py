@@ -18,7 +18,6 @@ import redis
 
 from deploy.stack import LocalStack
 from edge_client.fleet import Fleet, FleetSpec
-from federated.aggregate import FedAvgAccumulator
 from fedsaga.client import FedSaga
 from fedsaga.status import RoundResult
 from schemas import topics
@@ -196,12 +195,16 @@ async def assert_each_update_counted_once(
         assert device is not None
         examples[device_id] = device.num_examples
     total = sum(examples.values())
-    for it in range(iterations):
-        raw = await saga.store.redis.get(keys.accumulator(rid, it))
-        assert raw is not None, f"iteration {it}: no aggregate"
-        acc = FedAvgAccumulator.from_bytes(raw)
-        assert (acc.count, int(acc.total_weight)) == (len(cohort), total), f"iteration {it}"
     events = await saga.store.events(rid)
+    aggregated = {
+        e.get("iteration", iterations - 1): e
+        for e in events
+        if e["kind"] in ("iteration.completed", "model.aggregated")
+    }
+    for it in range(iterations):
+        assert await saga.store.contributors(rid, it) == cohort, f"iteration {it}"
+        e = aggregated[it]
+        assert (e["updates"], e["num_examples"]) == (len(cohort), total), f"iteration {it}"
     for it in range(iterations):
         # Each device's update is announced once per iteration, whatever died or restarted
         # (the announcement's msg_id is per device and iteration; the log keeps one per id).

@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.device import DeviceUpdate
-from services.aggregator.decisions import Refusal, check_payload, check_update, fedavg_weight
+from services.aggregator.decisions import (
+    Refusal,
+    check_payload,
+    check_update,
+    close_plan,
+    fedavg_weight,
+)
 
 PROPERTY = settings(database=None, deadline=None)
 
@@ -192,3 +198,30 @@ def test_an_updates_weight_is_its_examples_up_to_the_rounds_cap() -> None:
     assert fedavg_weight(50, None) == 50
     assert fedavg_weight(50, "220") == 50
     assert fedavg_weight(10**9, "220") == 220
+
+
+# -- the close: in-memory sum plus the buffer -------------------------------------------------
+
+
+def test_the_close_reads_only_what_this_instance_did_not_fold() -> None:
+    assert close_plan({"a", "b", "c"}, {"a", "c"}) == (True, ["b"])
+    assert close_plan({"a"}, {"a"}) == (True, [])
+    assert close_plan({"a", "b"}, set()) == (True, ["a", "b"])
+
+
+def test_a_sum_holding_a_non_contributor_is_not_trusted() -> None:
+    assert close_plan({"a", "b"}, {"a", "x"}) == (False, ["a", "b"])
+
+
+@given(
+    st.sets(st.sampled_from("abcdefgh")),
+    st.sets(st.sampled_from("abcdefgh")),
+)
+def test_the_close_counts_every_contributor_exactly_once(
+    contributors: set[str], in_memory: set[str]
+) -> None:
+    usable, to_read = close_plan(contributors, in_memory)
+    counted = (in_memory if usable else set()) | set(to_read)
+    assert counted == contributors
+    assert len(to_read) == len(set(to_read))
+    assert not (usable and in_memory & set(to_read))

@@ -1,21 +1,24 @@
-"""Aggregates: each iteration's running FedAvg sum and the devices already folded into it.
+"""Aggregates: each iteration's buffered updates and the devices already in its sum.
 
-Folding an update is one optimistic transaction that also watches the round and the
-iteration's device states, so it cannot commit once the coordinator fenced the iteration
-(`closing_{it}`) or gave up on the device, and a device is counted at most once.
+The aggregator keeps the running FedAvg sum in memory and makes each update durable here
+first, as the payload the device sent (about the update's own bytes of Redis traffic, and
+no model-sized read or write per update). Buffering is one script that also checks the
+coordinator's fence (`closing_{it}`) and the device's state, so an update is never taken
+after the iteration closed, and a device is counted at most once. The buffer is dropped
+once the iteration's model is recorded.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import struct
 
-from federated.aggregate import FedAvgAccumulator
+from federated.errors import PayloadError
 from schemas.codec import unpack
 from schemas.device import DeviceStatus
 from services.runtime import keys
-from services.runtime.errors import SagaConflict, StaleRound
-from services.runtime.state import Field, RoundState
-from services.runtime.store._base import StoreBase, raw_opt, text_hash, text_opt, texts
+from services.runtime.errors import StaleRound
+from services.runtime.state import Field, RoundState, base_field, closing_field
+from services.runtime.store._base import StoreBase, raw_opt, raws_opt, text, text_opt, texts
 from services.runtime.store.progress import traffic_field
 
 # KEYS: iteration hash, its counts. ARGV: ttl, devices... -> devices training
@@ -40,36 +43,30 @@ local done = tonumber(redis.call('HGET', KEYS[2], 'done') or '0')
 if ARGV[3] == '1' then done = redis.call('HINCRBY', KEYS[2], 'done', 1) end
 return {left, redis.call('SCARD', KEYS[3]) - done}
 """
-_FOLD_RETRIES = 50
-_CLOSING, _NOT_TRAINING, _MOVED = -1, -2, -3
+_CLOSING, _NOT_TRAINING = -1, -2
 
-# KEYS: sum, contributors, round hash, iteration hash. ARGV: device, closing field.
-# -> {already in, closing, device's state or '', contributors (the sum's version), sum or ''}
-_FOLD_READ = """
-local inside = redis.call('SISMEMBER', KEYS[2], ARGV[1])
-local closing = redis.call('HEXISTS', KEYS[3], ARGV[2])
-local state = redis.call('HGET', KEYS[4], ARGV[1]) or ''
-local version = redis.call('SCARD', KEYS[2])
-local sum = redis.call('GET', KEYS[1]) or ''
-return {inside, closing, state, version, sum}
-"""
-# KEYS: the above and the round's traffic hash. ARGV: device, closing field, version read,
-# new sum, ttl, payload bytes, bytes field, payloads field, traffic field.
-# -> 1 folded, 0 already in, -1 closing, -2 not training, -3 another fold came between.
-_FOLD_WRITE = """
+# Buffer one accepted update: the durable half of the aggregator's running sum (the other
+# half is the sum in the aggregator's memory, `services/aggregator/sums.py`).
+# KEYS: the iteration's buffer (hash device -> record), contributors, round hash, iteration
+# hash, the round's traffic hash. ARGV: device, closing field, ttl, record, payload bytes,
+# bytes field, payloads field, traffic field.
+# -> 1 buffered, 0 already in, -1 closing, -2 not training.
+_BUFFER = """
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return 0 end
 if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return -1 end
 if redis.call('HGET', KEYS[4], ARGV[1]) ~= 'training' then return -2 end
-if redis.call('SCARD', KEYS[2]) ~= tonumber(ARGV[3]) then return -3 end
-redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[5])
-redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-redis.call('HINCRBY', KEYS[3], ARGV[7], ARGV[6])
-redis.call('HINCRBY', KEYS[3], ARGV[8], 1)
-redis.call('HSET', KEYS[5], ARGV[9], ARGV[6])
-redis.call('EXPIRE', KEYS[5], ARGV[5])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 and redis.call('SCARD', KEYS[2]) == 1 then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  redis.call('EXPIRE', KEYS[5], ARGV[3])
+end
+redis.call('HINCRBY', KEYS[3], ARGV[6], ARGV[5])
+redis.call('HINCRBY', KEYS[3], ARGV[7], 1)
+redis.call('HSET', KEYS[5], ARGV[8], ARGV[5])
 return 1
 """
+_RECORD = struct.Struct("<Q")  # a buffered update: its FedAvg weight, then its payload
 
 
 def _check_foldable(it: int, device_id: str, *, closing: bool, state: bytes | None) -> None:
@@ -80,75 +77,100 @@ def _check_foldable(it: int, device_id: str, *, closing: bool, state: bytes | No
         raise StaleRound(f"device {device_id} is not training in iteration {it}")
 
 
+def buffer_record(weight: int, blob: bytes) -> bytes:
+    """How an update is buffered: its weight (8 bytes, little-endian), then its payload."""
+    return _RECORD.pack(weight) + blob
+
+
+def read_record(record: bytes) -> tuple[int, bytes]:
+    """(weight, payload) of a buffered update."""
+    if len(record) < _RECORD.size:
+        raise PayloadError(f"buffered update is {len(record)} bytes")
+    return _RECORD.unpack_from(record)[0], record[_RECORD.size :]
+
+
 class AggregateStore(StoreBase):
     """Running sums per iteration, and who is in them."""
 
-    async def fold_update(
+    async def buffer_update(
         self,
         round_id: str,
         it: int,
         device_id: str,
-        delta: np.ndarray,
         weight: int,
-        *,
-        payload_bytes: int,
+        blob: bytes,
     ) -> bool:
-        """Add one weighted update to the iteration's sum; False if the device is in it.
+        """Make an accepted update durable, once per device: True if it is new, False if the
+        device's update is already in (a redelivery, or a retried call that had run).
 
-        The round's uplink counters and the update's size (`progress.py`) are written in the
-        same transaction, so they count each update exactly once too.
+        One script, so the fence (`closing_{it}`), the device's state, the contributor set,
+        the buffered payload and the round's uplink counters (`progress.py`) move together:
+        an update is counted exactly once or not at all. StaleRound when the iteration is
+        fenced or the device no longer training in it.
         """
-        acc_key, contrib_key = keys.accumulator(round_id, it), keys.contributors(round_id, it)
-        round_key, it_key = keys.round_hash(round_id), keys.iteration(round_id, it)
-        fold_keys = [acc_key, contrib_key, round_key, it_key, keys.traffic(round_id)]
-        closing = f"closing_{it}"
-        for _ in range(_FOLD_RETRIES):
-            # Read everything in one round trip, add in numpy, write back in one round trip
-            # if no other fold came between (the contributor count is the sum's version).
-            contributed, is_closing, state, version, raw = await self.script(_FOLD_READ)(
-                keys=fold_keys[:4], args=[device_id, closing]
-            )
-            if contributed:
-                return False
-            _check_foldable(it, device_id, closing=bool(is_closing), state=raw_opt(state) or None)
-            acc = FedAvgAccumulator.from_bytes(raw) if raw else FedAvgAccumulator()
-            acc.add(delta, weight)
-            written = await self.script(_FOLD_WRITE)(
-                keys=fold_keys,
-                args=[
-                    device_id,
-                    closing,
-                    version,
-                    acc.to_bytes(),
-                    self.ttl_s,
-                    payload_bytes,
-                    Field.BYTES_UP,
-                    Field.PAYLOADS_UP,
-                    traffic_field(it, "up", device_id),
-                ],
-            )
-            if written in (0, 1):
-                return bool(written)
-            if written == _CLOSING:
-                _check_foldable(it, device_id, closing=True, state=b"training")
-            if written == _NOT_TRAINING:
-                _check_foldable(it, device_id, closing=False, state=None)
-            # _MOVED: another fold came between the read and the write: read again
-        raise SagaConflict("accumulator kept conflicting")
+        names = [
+            keys.accumulator(round_id, it),
+            keys.contributors(round_id, it),
+            keys.round_hash(round_id),
+            keys.iteration(round_id, it),
+            keys.traffic(round_id),
+        ]
+        written = await self.script(_BUFFER)(
+            keys=names,
+            args=[
+                device_id,
+                closing_field(it),
+                self.ttl_s,
+                buffer_record(weight, blob),
+                len(blob),
+                Field.BYTES_UP,
+                Field.PAYLOADS_UP,
+                traffic_field(it, "up", device_id),
+            ],
+        )
+        if written == _CLOSING:
+            _check_foldable(it, device_id, closing=True, state=b"training")
+        if written == _NOT_TRAINING:
+            _check_foldable(it, device_id, closing=False, state=None)
+        return bool(written)
 
+    async def buffered(
+        self, round_id: str, it: int, device_ids: list[str]
+    ) -> dict[str, tuple[int, bytes] | None]:
+        """The buffered (weight, payload) of each device (None where none is buffered)."""
+        if not device_ids:
+            return {}
+        replies = raws_opt(await self.redis.hmget(keys.accumulator(round_id, it), device_ids))
+        return {
+            d: None if r is None else read_record(r)
+            for d, r in zip(device_ids, replies, strict=True)
+        }
+
+    async def drop_buffer(self, round_id: str, it: int) -> None:
+        """Forget an iteration's buffered updates (its model is recorded)."""
+        await self.redis.delete(keys.accumulator(round_id, it))
 
     async def sender_view(
-        self, round_id: str, device_id: str
+        self, round_id: str, it: int, device_id: str
     ) -> tuple[RoundState, DeviceStatus | None, bool, str | None]:
-        """What an update's checks need, in one round trip: the round, the sender's registry
-        entry, whether it is in the cohort, and the digest of the model it was sent."""
+        """What the checks of an update for iteration `it` need, in one round trip: the
+        round (the fields they read), the sender's registry entry, whether it is in the
+        cohort, and the digest of the model it was sent."""
+        fields = [
+            Field.STATUS,
+            Field.ITERATION,
+            Field.EXAMPLE_CAP,
+            base_field(it),
+            closing_field(it),
+        ]
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.round_hash(round_id))
+            pipe.hmget(keys.round_hash(round_id), fields)
             pipe.hget(keys.devices(), device_id)
             pipe.sismember(keys.cohort(round_id), device_id)
             pipe.hget(keys.held(round_id), device_id)
-            round_hash, registered, selected, held = await pipe.execute()
-        state = RoundState.from_hash(round_id, text_hash(round_hash))
+            values, registered, selected, held = await pipe.execute()
+        round_hash = {f: text(v) for f, v in zip(fields, values, strict=True) if v is not None}
+        state = RoundState.from_hash(round_id, round_hash)
         status = raw_opt(registered)
         return (
             state,
@@ -174,15 +196,8 @@ class AggregateStore(StoreBase):
             keys.iteration_counts(round_id, it),
             keys.contributors(round_id, it),
         ]
-        left, pending = await self.script(_SETTLE)(
-            keys=keys_, args=[device_id, state, int(done)]
-        )
+        left, pending = await self.script(_SETTLE)(keys=keys_, args=[device_id, state, int(done)])
         return None if int(left) < 0 else (int(left), int(pending))
-
-    async def aggregate(self, round_id: str, it: int) -> FedAvgAccumulator | None:
-        """The iteration's running sum, if any update was folded in."""
-        raw = raw_opt(await self.redis.get(keys.accumulator(round_id, it)))
-        return FedAvgAccumulator.from_bytes(raw) if raw else None
 
     async def contributors(self, round_id: str, it: int) -> set[str]:
         """Devices whose update is in the iteration's sum."""

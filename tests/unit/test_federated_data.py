@@ -1,5 +1,8 @@
 """Tests for federated.data: digits, splits, partitions and the centralized baseline."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -22,6 +25,21 @@ def test_load_digits_shapes_and_ranges() -> None:
     assert x.min() == 0.0
     assert x.max() == 1.0
     assert set(np.unique(y)) == set(range(10))
+
+
+def test_load_digits_reads_what_scikit_learn_reads() -> None:
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    x, y = load_digits()
+    sk_x, sk_y = sklearn_digits(return_X_y=True)
+    np.testing.assert_array_equal(x, (sk_x / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(y, sk_y)
+
+
+def test_load_digits_does_not_import_scikit_learn() -> None:
+    probe = "import sys; from federated.data import load_digits; load_digits(); "
+    probe += "sys.exit('sklearn' in sys.modules or 'scipy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
 
 
 def test_holdout_split_is_stratified_and_disjoint() -> None:

@@ -8,7 +8,7 @@ the same names in lower case:
 
     mqtt_url = "mqtts://fedsaga-ops@broker.example:8883"
     mqtt_ca_file = "/etc/fedsaga/ca.pem"
-    redis_url = "redis://redis.example:6379/0"
+    redis_url = "redis://redis.example:6379/0"  # a Redis Cluster: "redis+cluster://node:7000"
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
-from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -27,7 +26,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from schemas.mqtt import MqttEndpoint, redact
+from schemas.mqtt import MqttEndpoint
+from services.runtime.redis_url import parse_redis_url
 
 # How an unset value (None) reads in an environment variable.
 NULL = "null"
@@ -168,9 +168,7 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis(cls, value: str) -> str:
-        scheme = urlsplit(value).scheme
-        if scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"{redact(value)!r}: scheme must be redis, rediss or unix")
+        parse_redis_url(value)  # one server or a cluster (redis+cluster://); see redis_url.py
         return value
 
     @field_validator("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")

@@ -7,12 +7,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
+
+from services.runtime.redis_url import parse_redis_url
 
 DEFAULT_TTL_S = 7 * 24 * 3600
 
@@ -26,23 +30,49 @@ return 0
 # one fails ("Connection closed by server"). redis-py's `from_url` sets no retries, so ask
 # for them: about 6 s of reconnect attempts before a command gives up, which covers a
 # restart. A retried write may run twice, so every write of ours is idempotent.
-_RETRY = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=10)
+# On a cluster, redis-py (8.1) takes only the number of attempts from this (no backoff
+# between them), re-reading the slot map from any reachable node before each.
 _RETRY_ON = [RedisConnectionError, RedisTimeoutError]
 
+# What `connect` returns: one server's client, or a cluster's (`redis+cluster://`).
+Client = aioredis.Redis | RedisCluster
 
-def connect(url: str, *, name: str | None = None) -> aioredis.Redis:
+
+def connect(url: str, *, name: str | None = None) -> Client:
     """A lazily connecting client for `url` that rides out a Redis restart; `name` is what
-    `CLIENT LIST` shows for its connections (`fedsaga-aggregator`, ...)."""
-    return aioredis.Redis.from_url(
-        url,
-        client_name=name,
-        decode_responses=False,
-        retry=_RETRY,
-        retry_on_error=_RETRY_ON,
-        socket_connect_timeout=2,
-        socket_timeout=10,  # a stopped (not dead) Redis must not hang a handler forever
-        health_check_interval=15,
-    )
+    `CLIENT LIST` shows for its connections (`fedsaga-aggregator`, ...).
+
+    A `redis+cluster://` (or `rediss+cluster://`) URL gives a Redis Cluster client: it learns
+    the slot map from the nodes named and sends each command to its key's master. Every
+    script and MULTI of the store keeps its keys in one slot (`keys.py`).
+    """
+    target = parse_redis_url(url)
+    options: dict[str, Any] = {
+        "client_name": name,
+        "decode_responses": False,
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=10),
+        "retry_on_error": _RETRY_ON,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 10,  # a stopped (not dead) Redis must not hang a handler forever
+        "health_check_interval": 15,
+    }
+    if target.cluster:
+        others = [ClusterNode(host, port) for host, port in target.nodes[1:]]
+        return _Cluster.from_url(target.url, startup_nodes=others, **options)
+    return aioredis.Redis.from_url(url, **options)
+
+
+class _Cluster(RedisCluster):
+    """A cluster client whose "no node reachable" is a ConnectionError, as a single server's
+    is, so the runtime reconnects and retries instead of taking it for a bug."""
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        try:
+            return await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            if isinstance(exc.__cause__, RedisConnectionError | RedisTimeoutError | OSError):
+                raise RedisConnectionError(str(exc)) from exc
+            raise
 
 
 # -- replies ---------------------------------------------------------------------------------
@@ -124,7 +154,7 @@ def plain(fields: Mapping[S, Any]) -> dict[FieldT, EncodableT]:
 class StoreBase:
     """The client and the TTL every key gets."""
 
-    def __init__(self, redis: aioredis.Redis, *, ttl_s: int = DEFAULT_TTL_S) -> None:
+    def __init__(self, redis: Client, *, ttl_s: int = DEFAULT_TTL_S) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
         self._scripts: dict[str, AsyncScript] = {}

@@ -1,7 +1,18 @@
 """Every Redis key fedsaga writes, in one place (as arq's constants module).
 
-All keys of one round carry the `{round_id}` hash tag so multi-key transitions work on
-Redis Cluster.
+On a Redis Cluster a script or MULTI may only touch keys of one hash slot, so keys written
+together carry the same hash tag (the part in braces, which alone picks the slot):
+
+| tag | keys |
+|---|---|
+| `{round_id}` | everything of one round: its hash, log, cohort, iterations, sums, deployment |
+| `{devices}` | the device registry and when each device was last heard from |
+| `{service}` | a service's retry journals (one per instance) and its dead letters |
+
+Other keys stand alone: a lease, a blob, a model's registry keys, a timer set, a dedupe mark.
+A write that spans two tags (a round and the round index, a version and the model index) is
+split into single-slot steps, each idempotent, ordered so a crash between them leaves
+nothing a replay does not complete (see the store's comments at each).
 """
 
 PREFIX = "fedsaga"
@@ -84,12 +95,12 @@ def lease(device_id: str) -> str:
 
 def devices() -> str:
     """Hash: device id -> its last status (msgpack)."""
-    return f"{PREFIX}:devices"
+    return f"{PREFIX}:{{devices}}"
 
 
 def devices_seen() -> str:
     """Sorted set: device id -> when its last status arrived (ms)."""
-    return f"{PREFIX}:devices:seen"
+    return f"{PREFIX}:{{devices}}:seen"
 
 
 def blob(digest: str) -> str:
@@ -134,7 +145,7 @@ def instance_holder(identity: str) -> str:
 
 def inflight(service: str, instance: str) -> str:
     """Hash: messages a service instance is handling (replayed after a crash)."""
-    return f"{PREFIX}:inflight:{service}:{instance}"
+    return f"{PREFIX}:inflight:{{{service}}}:{instance}"
 
 
 def timers(service: str) -> str:
@@ -144,12 +155,12 @@ def timers(service: str) -> str:
 
 def inflight_due(service: str, instance: str) -> str:
     """Sorted set: journal entry -> when it may next be tried (ms)."""
-    return f"{PREFIX}:inflight:{service}:{instance}:due"
+    return f"{PREFIX}:inflight:{{{service}}}:{instance}:due"
 
 
 def dead_letters(service: str) -> str:
     """Stream: messages a service gave up on after its retries, with the reason."""
-    return f"{PREFIX}:deadletter:{service}"
+    return f"{PREFIX}:deadletter:{{{service}}}"
 
 
 def accuracy(round_id: str) -> str:

@@ -141,6 +141,9 @@ class JournalStore(StoreBase):
 
     async def dead_letter(self, service: str, instance: str, item: InFlight) -> None:
         """Give up on a message: keep it, with its last error, among the dead letters."""
+        # One transaction: a message is in the journal or among the dead letters, never in
+        # both nor in neither. The service's journals and dead letters share its `{service}`
+        # tag (one slot on a cluster), as the journal and its due marks do in `_put`.
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(
                 keys.dead_letters(service),

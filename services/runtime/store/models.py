@@ -92,12 +92,22 @@ class ModelStore(StoreBase):
         return text(owner)
 
     async def register_version(self, model: str, ver: str, fields: Mapping[str, str]) -> None:
-        """Write a claimed version's record and index it (idempotent: a replay completes it)."""
+        """Write a claimed version's record and index it (idempotent: a replay completes it).
+
+        The record is written whole, in one transaction on its own key. The model's index of
+        versions and the index of models are other keys (other slots on a cluster), so they
+        follow, each idempotent: a crash between leaves a complete record that the replay
+        indexes, never an index entry without its record. Version numbers are claimed by
+        their records (`claim_version`), so an unindexed record still holds its number.
+        """
         key = keys.version(model, ver)
+        created = now_ms()
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(key, "created_ms", now_ms())
+            pipe.hsetnx(key, "created_ms", created)
             pipe.hset(key, mapping=plain(fields))
-            pipe.zadd(keys.versions(model), {ver: now_ms()}, nx=True)
+            await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(keys.versions(model), {ver: created}, nx=True)
             pipe.sadd(keys.models(), model)
             await pipe.execute()
 

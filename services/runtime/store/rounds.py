@@ -37,6 +37,17 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
 end
 return 0
 """
+# A round's hash, created whole or not at all (a replay finds it complete).
+# KEYS: round hash. ARGV: ttl, created-ms field, now ms, field, value, ...
+# -> {1 created or 0 existed, its creation time}
+_CREATE = """
+if redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3]) == 0 then
+  return {0, redis.call('HGET', KEYS[1], ARGV[2])}
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return {1, ARGV[3]}
+"""
 # The audit log and the msg_ids in it share the round's hash tag (one slot on a cluster).
 _APPEND_ONCE = """
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
@@ -54,10 +65,6 @@ class RoundStore(StoreBase):
     async def create_round(self, request: RoundRequested) -> bool:
         """Create the round for a request unless it exists; True when this call created it."""
         round_id = request.round_id
-        key = keys.round_hash(round_id)
-        created = await self.redis.hsetnx(key, Field.CREATED_MS, now_ms())
-        if not created:
-            return False
         fields: dict[Field, str | int] = {
             Field.STATUS: "running",
             Field.STEP: Step.SELECT,
@@ -66,12 +73,21 @@ class RoundStore(StoreBase):
             Field.REQUEST_ID: request.msg_id,
             Field.ITERATION: 0,
         }
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=plain(fields))
-            pipe.expire(key, self.ttl_s)
-            pipe.zadd(keys.rounds(), {round_id: now_ms()})
-            await pipe.execute()
-        return True
+        created, created_ms = await self.script(_CREATE)(
+            keys=[keys.round_hash(round_id)],
+            args=[
+                self.ttl_s,
+                Field.CREATED_MS,
+                now_ms(),
+                *(x for field, value in plain(fields).items() for x in (field, value)),
+            ],
+        )
+        # The index of rounds is a key of no round (another slot on a cluster), so it is
+        # written after the round, on its own: every call indexes the round (a replay after
+        # a crash between the two as well), NX keeping its creation time. A crash can leave
+        # a round not yet indexed, never an index entry without its round.
+        await self.redis.zadd(keys.rounds(), {round_id: int(created_ms)}, nx=True)
+        return bool(created)
 
     async def get_round(self, round_id: str) -> RoundState:
         """The round's state (status "unknown" when there is no such round)."""

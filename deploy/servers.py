@@ -8,7 +8,9 @@ changed (`ProdBroker`: TLS, passwords, the ACL), so tests exercise the file we d
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -27,11 +29,37 @@ ACL_FILE = ROOT / "mosquitto" / "fedsaga.acl"
 REDIS_CONF = ROOT / "deploy" / "redis.conf"
 
 
+def _port_range() -> range:
+    """Ports to hand out: just below the kernel's ephemeral range, from which outgoing
+    connections (every client's, a Redis Cluster's bus links) take theirs at any moment."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(max(1024, low - 12_000), low)
+
+
+_PORTS = _port_range()
+_next_port = itertools.count(random.randrange(len(_PORTS)))
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and that this process did
+    not hand out before.
+
+    Not one the kernel picks (bind to port 0): that comes from the ephemeral range, so an
+    outgoing connection could take it before our server binds it. A service's metrics port
+    was taken so, by a Redis Cluster's bus links, in one of six cluster stacks started.
+    """
+    for _ in range(len(_PORTS)):
+        port = _PORTS[next(_next_port) % len(_PORTS)]
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 def find_binary(name: str) -> str:
@@ -180,22 +208,111 @@ def stay_user() -> str:
     return "\nuser root\n" if os.geteuid() == 0 else ""
 
 
-def redis(workdir: Path, port: int | None = None) -> Server:
-    """A redis-server on a free port with deploy/redis.conf (AOF in workdir)."""
+def redis(workdir: Path, port: int | None = None, *, cluster: bool = False) -> Server:
+    """A redis-server on a free port with deploy/redis.conf (AOF in workdir); with `cluster`,
+    a node of a Redis Cluster (its node table in workdir too; see `PrivateCluster`)."""
     port = port or free_port()
     data = workdir / "redis-data"
     data.mkdir(parents=True, exist_ok=True)
     argv = [find_binary("redis-server"), str(REDIS_CONF), "--port", str(port), "--dir", str(data)]
+    if cluster:
+        # The cluster bus defaults to port + 10000, which may be taken (or past 65535): name
+        # a free one.
+        bus = str(free_port())
+        argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        argv += ["--cluster-port", bus]
     return Server("redis", port, workdir, argv)
+
+
+class PrivateCluster:
+    """A Redis Cluster of `masters` redis-servers (no replicas) on free loopback ports, each
+    in a directory of its own under `workdir`; `url` is how fedsaga names it.
+
+    `start()` starts the nodes, joins them the first time (`redis-cli --cluster create`,
+    which spreads the 16384 slots evenly) and returns once every node says
+    `cluster_state:ok`. A restart keeps each node's AOF and node table, so the same cluster
+    comes back. `stop()` ends every node.
+    """
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        self.nodes = [redis(workdir / f"redis-{i}", cluster=True) for i in range(masters)]
+        self.created = False
+
+    @property
+    def port(self) -> int:
+        """The first node's port (any node answers for the whole cluster)."""
+        return self.nodes[0].port
+
+    @property
+    def url(self) -> str:
+        """The cluster as fedsaga's settings name it: every node, so any one may be down."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    @property
+    def running(self) -> bool:
+        """Whether every node is running."""
+        return all(n.running for n in self.nodes)
+
+    def start(self) -> PrivateCluster:
+        """Start every node; create the cluster the first time; wait until it serves."""
+        try:
+            for node in self.nodes:
+                node.start()
+            if not self.created:
+                nodes = [f"127.0.0.1:{n.port}" for n in self.nodes]
+                self.cli("--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes")
+                self.created = True
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, *, kill: bool = False) -> None:
+        """End every node (SIGTERM: each writes its AOF out; SIGKILL with `kill`)."""
+        for node in self.nodes:
+            node.stop(kill=kill)
+
+    def restart(self) -> PrivateCluster:
+        """Stop and start again on the same ports with the same data."""
+        self.stop()
+        return self.start()
+
+    def cli(self, *args: str, port: int | None = None) -> str:
+        """`redis-cli -p PORT ARGS` (the first node's port unless given): its output."""
+        argv = [find_binary("redis-cli"), "-p", str(port or self.port), *args]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)}: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+        return done.stdout
+
+    def wait_ok(self, timeout: float = 20.0) -> None:
+        """Block until every node reports `cluster_state:ok` (all slots served)."""
+        deadline = time.monotonic() + timeout
+        waiting = list(self.nodes)
+        while waiting:
+            if "cluster_state:ok" in self.cli("cluster", "info", port=waiting[0].port):
+                waiting.pop(0)
+            elif time.monotonic() > deadline:
+                raise TimeoutError(f"Redis Cluster not ok after {timeout}s")
+            else:
+                time.sleep(0.05)
 
 
 class PrivateServers:
     """Both servers, started together in a temporary directory: `with PrivateServers() as s`.
 
-    The broker runs mosquitto/dev.conf, or prod.conf with `prod`'s files.
+    The broker runs mosquitto/dev.conf, or prod.conf with `prod`'s files. Redis is one
+    server, or with `redis_masters` a Redis Cluster of that many masters (`PrivateCluster`).
     """
 
-    def __init__(self, workdir: Path | None = None, *, prod: ProdBroker | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        prod: ProdBroker | None = None,
+        redis_masters: int = 0,
+    ) -> None:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="fedsaga-")
         self.workdir = workdir or Path(self._tmp.name)  # type: ignore[union-attr]
         self.prod = prod
@@ -203,11 +320,15 @@ class PrivateServers:
             self.broker = mosquitto(self.workdir)
         else:
             self.broker = prod_mosquitto(self.workdir, prod)
-        self.redis = redis(self.workdir)
+        self.redis: Server | PrivateCluster = (
+            PrivateCluster(self.workdir, redis_masters) if redis_masters else redis(self.workdir)
+        )
 
     @property
     def redis_url(self) -> str:
-        """URL of the private Redis."""
+        """URL of the private Redis (`redis+cluster://...` for a cluster)."""
+        if isinstance(self.redis, PrivateCluster):
+            return self.redis.url
         return f"redis://127.0.0.1:{self.redis.port}/0"
 
     def __enter__(self) -> PrivateServers:

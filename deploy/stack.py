@@ -80,7 +80,8 @@ class LocalStack:
     """`with LocalStack() as stack`: servers up, six services serving; all stopped after.
 
     With `broker`, mosquitto runs mosquitto/prod.conf with its files (TLS, passwords, the ACL)
-    and the services connect over TLS, logging in with the `mqtt_password` setting.
+    and the services connect over TLS, logging in with the `mqtt_password` setting. With
+    `redis_masters`, Redis is a Redis Cluster of that many masters (`PrivateCluster`).
     """
 
     def __init__(
@@ -89,11 +90,12 @@ class LocalStack:
         *,
         broker: ProdBroker | None = None,
         shared: Mapping[str, int] | None = None,
+        redis_masters: int = 0,
         **settings: object,
     ) -> None:
         """`shared`: services to run as several instances sharing their subscriptions
         (`{"aggregator": 2}` runs aggregator-a and aggregator-b with FEDSAGA_SHARED)."""
-        self.servers = PrivateServers(workdir, prod=broker)
+        self.servers = PrivateServers(workdir, prod=broker, redis_masters=redis_masters)
         self.workdir = self.servers.workdir
         # The private servers; nothing else from the environment or a profile either (an
         # operator's FEDSAGA_LOG_FORMAT or FEDSAGA_CANARY_STAGES must not change the stack).

@@ -41,6 +41,7 @@ from services.aggregator.decisions import (
 from services.aggregator.sums import RunningSums
 from services.runtime import Context, Rejected, Service, StaleRound, compensation, metrics, on
 from services.runtime.state import Field, RoundState
+from services.runtime.store.aggregates import SenderView
 
 SUMS = RunningSums()  # this process's share of each open iteration's sum
 _READ_CHUNK = 64  # buffered updates read per call at a close (memory: 64 payloads)
@@ -52,13 +53,21 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
         ctx.check_device(update.device_id)
     except Rejected as exc:
         raise refused(Refusal(exc.reason, code="device_mismatch")) from exc
-    state = await check_sender(update, ctx)
+    view = await ctx.store.sender_view(update.round_id, update.iteration, update.device_id)
+    if view.taken == update.msg_id:
+        # A retransmission of the update in the sum (the device did not hear back; a replay
+        # after a crash): counted once, never refused, announced again in case the first
+        # announcement was lost with the crash.
+        ctx.log.info("update already aggregated")
+        await announce(update, ctx)
+        return
+    state = check_sender(update, view)
     delta = await decoded_delta(update, state, ctx)
     weight = fedavg_weight(update.num_examples, state.example_cap)
     try:
         flat = aggregate.check_update(flatten(delta), weight)
         added = await ctx.store.buffer_update(
-            update.round_id, update.iteration, update.device_id, weight, update.blob
+            update.round_id, update.iteration, update.device_id, weight, update.blob, update.msg_id
         )
     except NumericsError as exc:
         raise refused(Refusal(f"update rejected: {exc}", code="not_numeric")) from exc
@@ -70,9 +79,13 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
         metrics.payloads("uplink", "update", [len(update.blob)])
     else:
         ctx.log.info("update already aggregated")
-    # Announced whether folded now or before (a replay after a crash, a retransmission): the
-    # event's msg_id is per device and iteration, so it is logged once and dropped as a
-    # duplicate by whoever already has it.
+    await announce(update, ctx)
+
+
+async def announce(update: DeviceUpdate, ctx: Context) -> None:
+    """Tell the coordinator the device's update is in. Its msg_id is per device and
+    iteration, so however often this runs it is logged once, and dropped as a duplicate by
+    whoever already has it."""
     await ctx.emit(
         UpdateReceived(
             msg_id=received_id(update.round_id, update.iteration, update.device_id),
@@ -84,19 +97,17 @@ async def on_update(update: DeviceUpdate, ctx: Context) -> None:
     )
 
 
-async def check_sender(update: DeviceUpdate, ctx: Context) -> RoundState:
+def check_sender(update: DeviceUpdate, view: SenderView) -> RoundState:
     """Refuse an update its sender had no business sending (decisions.check_update)."""
-    state, registered, selected, held = await ctx.store.sender_view(
-        update.round_id, update.iteration, update.device_id
-    )
+    state = view.round
     refusal = check_update(
         update,
         round_status=state.status,
-        selected=selected,
+        selected=view.selected,
         current_iteration=state.iteration if state.exists else None,
         closing=state.at(update.iteration).closing,
-        held_digest=held,
-        registered_examples=None if registered is None else registered.num_examples,
+        held_digest=view.held,
+        registered_examples=None if view.registered is None else view.registered.num_examples,
     )
     _refuse(refusal)
     return state

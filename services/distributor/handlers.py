@@ -111,11 +111,10 @@ async def revoke(round_id: str, ctx: Context) -> str:
     """Compensation: every cohort device deletes the weights it got for this round."""
     metrics.compensated(Step.DISTRIBUTE)
     cohort = await ctx.store.smembers(keys.cohort(round_id))
-    for device_id in cohort:
-        await ctx.publish(
-            topics.device(topics.DEVICE_CMD, device_id),
-            RevokeCommand(round_id=round_id, reason="round failed"),
-        )
+    await ctx.publish_all(
+        (topics.device(topics.DEVICE_CMD, d) for d in cohort),
+        RevokeCommand(round_id=round_id, reason="round failed"),
+    )
     return f"revoked weights on {len(cohort)} devices"
 
 

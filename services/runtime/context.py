@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,6 +23,8 @@ from services.runtime.store import SagaStore
 log = structlog.get_logger()
 
 E = TypeVar("E", bound=Event)
+
+PUBLISH_WINDOW = 256  # publishes awaiting the broker's acknowledgement at once
 
 
 def topic_of(event: Event) -> str:
@@ -51,6 +54,21 @@ class Context:
         if self.client is None:
             raise aiomqtt.MqttError("not connected")
         await self.client.publish(topic, encode(message), qos=1, retain=retain)
+
+    async def publish_all(self, topics_: Iterable[str], message: BaseModel) -> None:
+        """Publish one message to many topics at QoS 1 (a command to each of a cohort).
+
+        Encoded once, and the broker's acknowledgements awaited together, PUBLISH_WINDOW at
+        a time: one after another, each publish waits a round trip to the broker, which
+        made telling 1,000 devices to train take about as long as their training.
+        """
+        if self.client is None:
+            raise aiomqtt.MqttError("not connected")
+        payload, client = encode(message), self.client
+        pending = list(topics_)
+        for start in range(0, len(pending), PUBLISH_WINDOW):
+            window = pending[start : start + PUBLISH_WINDOW]
+            await asyncio.gather(*(client.publish(t, payload, qos=1) for t in window))
 
     async def emit(self, event: Event) -> None:
         """Append a saga event to its round's log (once per msg_id), then publish it."""

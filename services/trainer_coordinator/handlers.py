@@ -10,6 +10,8 @@ What it decides is in `decisions.py`, free of I/O; these handlers read, call it 
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 from schemas import topics
 from schemas.base import now_ms
 from schemas.device import (
@@ -54,18 +56,21 @@ async def on_weights_distributed(event: WeightsDistributed, ctx: Context) -> Non
     )
     await ctx.store.arm_iteration(event.round_id, event.iteration, list(event.recipients))
     await ctx.schedule(event.round_id, f"deadline:{event.iteration}", deadline)
+    by_model: dict[str, list[str]] = defaultdict(list)
     for device_id in event.recipients:
+        by_model[held[device_id]].append(device_id)
+    for model_digest, devices in by_model.items():
         command = TrainCommand(
             round_id=event.round_id,
             iteration=event.iteration,
-            model_digest=held[device_id],
+            model_digest=model_digest,
             epochs=request.local_epochs,
             batch_size=request.batch_size,
             learning_rate=request.learning_rate,
             deadline_ms=deadline,
             chaos=request.simulate_failure,
         )
-        await ctx.publish(topics.device(topics.DEVICE_CMD, device_id), command)
+        await ctx.publish_all((topics.device(topics.DEVICE_CMD, d) for d in devices), command)
     await ctx.store.mark_once(event.round_id, training_field(event.iteration))
 
 
@@ -218,11 +223,10 @@ async def stop_training(round_id: str, ctx: Context) -> str:
     active = await ctx.store.smembers(keys.active(round_id))
     state = await ctx.store.get_round(round_id)
     await ctx.store.cancel(ctx.service, round_id, f"deadline:{state.iteration}")
-    for device_id in active:
-        await ctx.publish(
-            topics.device(topics.DEVICE_CMD, device_id),
-            StopCommand(round_id=round_id, reason="round failed"),
-        )
+    await ctx.publish_all(
+        (topics.device(topics.DEVICE_CMD, d) for d in active),
+        StopCommand(round_id=round_id, reason="round failed"),
+    )
     return f"stopped training on {len(active)} devices"
 
 

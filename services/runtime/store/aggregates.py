@@ -11,6 +11,7 @@ once the iteration's model is recorded.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from federated.errors import PayloadError
 from schemas.codec import unpack
@@ -41,22 +42,24 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local left = redis.call('HINCRBY', KEYS[2], 'training', -1)
 local done = tonumber(redis.call('HGET', KEYS[2], 'done') or '0')
 if ARGV[3] == '1' then done = redis.call('HINCRBY', KEYS[2], 'done', 1) end
-return {left, redis.call('SCARD', KEYS[3]) - done}
+return {left, redis.call('HLEN', KEYS[3]) - done}
 """
 _CLOSING, _NOT_TRAINING = -1, -2
 
 # Buffer one accepted update: the durable half of the aggregator's running sum (the other
 # half is the sum in the aggregator's memory, `services/aggregator/sums.py`).
-# KEYS: the iteration's buffer (hash device -> record), contributors, round hash, iteration
-# hash, the round's traffic hash. ARGV: device, closing field, ttl, record, payload bytes,
-# bytes field, payloads field, traffic field.
+# KEYS: the iteration's buffer (hash device -> record), contributors (hash device -> msg_id
+# of the update taken), round hash, iteration hash, the round's traffic hash. ARGV: device,
+# closing field, ttl, record, payload bytes, bytes field, payloads field, traffic field,
+# msg_id.
 # -> 1 buffered, 0 already in, -1 closing, -2 not training.
 _BUFFER = """
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
 if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return -1 end
 if redis.call('HGET', KEYS[4], ARGV[1]) ~= 'training' then return -2 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
-if redis.call('SADD', KEYS[2], ARGV[1]) == 1 and redis.call('SCARD', KEYS[2]) == 1 then
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[9])
+if redis.call('HLEN', KEYS[2]) == 1 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
   redis.call('EXPIRE', KEYS[5], ARGV[3])
@@ -89,6 +92,17 @@ def read_record(record: bytes) -> tuple[int, bytes]:
     return _RECORD.unpack_from(record)[0], record[_RECORD.size :]
 
 
+@dataclass(frozen=True)
+class SenderView:
+    """What the aggregator knows of a device's update before it decodes it."""
+
+    round: RoundState  # the fields the checks read
+    registered: DeviceStatus | None  # the sender's registry entry
+    selected: bool  # whether it is in the round's cohort
+    held: str | None  # the digest of the model it was sent
+    taken: str | None  # the msg_id of its update already in the iteration's sum, if any
+
+
 class AggregateStore(StoreBase):
     """Running sums per iteration, and who is in them."""
 
@@ -99,9 +113,12 @@ class AggregateStore(StoreBase):
         device_id: str,
         weight: int,
         blob: bytes,
+        msg_id: str,
     ) -> bool:
         """Make an accepted update durable, once per device: True if it is new, False if the
-        device's update is already in (a redelivery, or a retried call that had run).
+        device's update is already in (a redelivery, or a retried call that had run). The
+        contributors remember the `msg_id` taken, so a retransmission is known as one
+        (`SenderView.taken`) even after the iteration closed.
 
         One script, so the fence (`closing_{it}`), the device's state, the contributor set,
         the buffered payload and the round's uplink counters (`progress.py`) move together:
@@ -126,6 +143,7 @@ class AggregateStore(StoreBase):
                 Field.BYTES_UP,
                 Field.PAYLOADS_UP,
                 traffic_field(it, "up", device_id),
+                msg_id,
             ],
         )
         if written == _CLOSING:
@@ -150,12 +168,8 @@ class AggregateStore(StoreBase):
         """Forget an iteration's buffered updates (its model is recorded)."""
         await self.redis.delete(keys.accumulator(round_id, it))
 
-    async def sender_view(
-        self, round_id: str, it: int, device_id: str
-    ) -> tuple[RoundState, DeviceStatus | None, bool, str | None]:
-        """What the checks of an update for iteration `it` need, in one round trip: the
-        round (the fields they read), the sender's registry entry, whether it is in the
-        cohort, and the digest of the model it was sent."""
+    async def sender_view(self, round_id: str, it: int, device_id: str) -> SenderView:
+        """What the checks of a device's update for iteration `it` need, in one round trip."""
         fields = [
             Field.STATUS,
             Field.ITERATION,
@@ -168,15 +182,16 @@ class AggregateStore(StoreBase):
             pipe.hget(keys.devices(), device_id)
             pipe.sismember(keys.cohort(round_id), device_id)
             pipe.hget(keys.held(round_id), device_id)
-            values, registered, selected, held = await pipe.execute()
+            pipe.hget(keys.contributors(round_id, it), device_id)
+            values, registered, selected, held, taken = await pipe.execute()
         round_hash = {f: text(v) for f, v in zip(fields, values, strict=True) if v is not None}
-        state = RoundState.from_hash(round_id, round_hash)
         status = raw_opt(registered)
-        return (
-            state,
-            DeviceStatus.model_validate(unpack(status)) if status else None,
-            bool(selected),
-            text_opt(held),
+        return SenderView(
+            round=RoundState.from_hash(round_id, round_hash),
+            registered=DeviceStatus.model_validate(unpack(status)) if status else None,
+            selected=bool(selected),
+            held=text_opt(held),
+            taken=text_opt(taken),
         )
 
     async def arm_iteration(self, round_id: str, it: int, devices: list[str]) -> int:
@@ -201,11 +216,11 @@ class AggregateStore(StoreBase):
 
     async def contributors(self, round_id: str, it: int) -> set[str]:
         """Devices whose update is in the iteration's sum."""
-        return set(texts(await self.redis.smembers(keys.contributors(round_id, it))))
+        return set(texts(await self.redis.hkeys(keys.contributors(round_id, it))))
 
     async def contributed(self, round_id: str, it: int, device_id: str) -> bool:
         """Whether the device's update is in the iteration's sum."""
-        return bool(await self.redis.sismember(keys.contributors(round_id, it), device_id))
+        return bool(await self.redis.hexists(keys.contributors(round_id, it), device_id))
 
     async def discard_aggregates(self, round_id: str, iterations: int) -> int:
         """Drop the sums of iterations 0..iterations-1; returns how many keys went."""

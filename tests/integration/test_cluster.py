@@ -8,7 +8,9 @@ round here with CROSSSLOT; a single Redis would never notice.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -142,6 +144,16 @@ async def test_each_store_write_over_several_keys_runs_on_the_cluster(
         assert not await store.create_round(req)
         assert rid in await store.rounds()
         assert (await store.get_round(rid)).request_id == req.msg_id
+        # a round's sets and hashes, with their TTL; more members than one Lua unpack takes
+        many = [f"d{i}" for i in range(10_001)]
+        assert await store.sadd(keys.cohort(rid), *many) == 10_001
+        assert await store.sadd(keys.cohort(rid), "d0", "d-new") == 1
+        await store.hset(keys.held(rid), {d: "digest" for d in many[:5_001]})
+        assert len(await store.hgetall(keys.held(rid))) == 5_001
+        for key in (keys.cohort(rid), keys.held(rid)):
+            assert 0 < await store.redis.ttl(key) <= store.ttl_s
+        assert await store.set_once(rid, "pinned", "a") == "a"
+        assert await store.set_once(rid, "pinned", "b") == "a"
         # a version and the indexes of versions and models (three slots)
         assert await store.claim_version("cluster-m", "1.0.0", rid) == rid
         await store.register_version("cluster-m", "1.0.0", {"round_id": rid, "digest": "d"})
@@ -150,6 +162,47 @@ async def test_each_store_write_over_several_keys_runs_on_the_cluster(
         assert "cluster-m" in await store.model_names()
     finally:
         await store.aclose()
+
+
+async def test_commands_and_scripts_ride_out_a_master_restarting(
+    cluster_stack: LocalStack,
+) -> None:
+    """As with a single Redis: a restart costs time, not errors (runs last: it restarts a
+    master under the stack)."""
+    # Prepare: rounds on every master; the one to restart serves some of them
+    cluster = cluster_stack.servers.redis
+    assert isinstance(cluster, PrivateCluster)
+    store = SagaStore.from_url(cluster.url)
+    rounds = [f"restart-{i}" for i in range(30)]
+    victim = cluster.nodes[1]
+    slots = [int(cluster.cli("cluster", "keyslot", keys.round_hash(r))) for r in rounds]
+    assert victim.port in {_master_of(cluster, slot) for slot in slots}
+
+    async def outage() -> None:
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(victim.stop)  # SIGTERM: it writes its AOF out and exits
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(victim.start)
+
+    # Execute: a command and a script on each round in turn, across the restart
+    done, slowest = 0, 0.0
+    restart = asyncio.create_task(outage())
+    try:
+        while not restart.done() or done < 2 * len(rounds):
+            rid = rounds[done % len(rounds)]
+            started = time.monotonic()
+            await store.set_fields(rid, {"n": done})
+            assert await store.hcas(keys.round_hash(rid), "n", str(done), "seen")
+            slowest = max(slowest, time.monotonic() - started)
+            done += 1
+            await asyncio.sleep(0.01)
+        await restart
+    finally:
+        await store.aclose()
+        await asyncio.to_thread(cluster.wait_ok)
+
+    # Assert: none failed, and some waited for the master to come back
+    assert slowest > 0.5, slowest
 
 
 async def test_a_cluster_that_cannot_be_reached_is_a_connection_error() -> None:

@@ -76,7 +76,11 @@ def main(
         typer.Option(help="broker, e.g. mqtts://fedsaga-ops:PASSWORD@host:8883 [FEDSAGA_MQTT_URL]"),
     ] = None,
     redis_url: Annotated[
-        str | None, typer.Option(help="Redis, e.g. redis://host:6379/0 [FEDSAGA_REDIS_URL]")
+        str | None,
+        typer.Option(
+            help="Redis, e.g. redis://host:6379/0, or a cluster: redis+cluster://host:7000"
+            " [FEDSAGA_REDIS_URL]"
+        ),
     ] = None,
     ca_file: Annotated[
         Path | None, typer.Option(help="CA to verify the broker's TLS certificate with")

@@ -3,7 +3,8 @@
 Used by `fedsaga up`/`demo` and by the integration-test fixtures, so neither depends on nor
 disturbs servers already running on the standard ports. The broker runs mosquitto/dev.conf
 (anonymous, plain TCP), or mosquitto/prod.conf itself with only its port and file paths
-changed (`ProdBroker`: TLS, passwords, the ACL), so tests exercise the file we deploy.
+changed (`ProdBroker`: TLS, passwords, the ACL), so tests exercise the file we deploy, with
+`max_connections` and the open-file limit fitted to this machine (deploy/limits.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy.limits import broker_files, open_files, option_value, raise_soft_limit
 from deploy.process import ChildProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +92,7 @@ class Server(ChildProcess):
     workdir: Path
     argv: list[str]
     process: subprocess.Popen[bytes] | None = None
+    open_files: int | None = None  # its open-file soft limit, when it needs it raised
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -98,8 +101,13 @@ class Server(ChildProcess):
     def start(self) -> Server:
         """Start and wait until the port accepts connections."""
         with self.log.open("ab") as out:
+            limit = self.open_files
             self.process = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                preexec_fn=None if limit is None else lambda: raise_soft_limit(limit),
             )
         try:
             wait_for_port(self.port)
@@ -116,14 +124,30 @@ class Server(ChildProcess):
         return self.start()
 
 
-def mosquitto(workdir: Path, port: int | None = None) -> Server:
-    """A mosquitto on a free port with mosquitto/dev.conf (persistence in workdir)."""
+def mosquitto(workdir: Path, port: int | None = None, *, devices: int = 0) -> Server:
+    """A mosquitto on a free port with mosquitto/dev.conf (persistence in workdir), with the
+    open files for `devices` devices (RuntimeError, saying how, when the limit is too low)."""
     port = port or free_port()
     data = workdir / "mosquitto-data"
     data.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
-    conf.write_text(MOSQUITTO_CONF.read_text().format(port=port, data_dir=data) + stay_user())
-    return Server("mosquitto", port, workdir, [find_binary("mosquitto"), "-c", str(conf)])
+    text, files = fit_files(MOSQUITTO_CONF.read_text().format(port=port, data_dir=data), devices)
+    conf.write_text(text + stay_user())
+    argv = [find_binary("mosquitto"), "-c", str(conf)]
+    return Server("mosquitto", port, workdir, argv, open_files=files)
+
+
+def fit_files(text: str, devices: int) -> tuple[str, int]:
+    """A config with the `max_connections` this machine holds, and the broker's soft limit
+    for open files (deploy/limits.py)."""
+    configured = option_value(text, "max_connections")
+    soft, hard = open_files()
+    files = broker_files(
+        configured=int(configured or -1), devices=devices, soft=soft, hard=hard
+    )
+    fitted = f"max_connections {files.max_connections}"  # on every listener that sets it
+    lines = [fitted if line.startswith("max_connections ") else line for line in text.splitlines()]
+    return "\n".join(lines) + "\n", files.soft
 
 
 @dataclass(frozen=True)
@@ -188,14 +212,19 @@ def prod_config(files: ProdBroker, port: int, data_dir: Path) -> str:
     return conf
 
 
-def prod_mosquitto(workdir: Path, files: ProdBroker, port: int | None = None) -> Server:
-    """A mosquitto on a free port with mosquitto/prod.conf (see `prod_config`)."""
+def prod_mosquitto(
+    workdir: Path, files: ProdBroker, port: int | None = None, *, devices: int = 0
+) -> Server:
+    """A mosquitto on a free port with mosquitto/prod.conf (see `prod_config`), with the open
+    files for `devices` devices (as `mosquitto`)."""
     port = port or free_port()
     data = workdir / "mosquitto-data"
     data.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
-    conf.write_text(prod_config(files, port, data) + stay_user())
-    return Server("mosquitto", port, workdir, [find_binary("mosquitto"), "-c", str(conf)])
+    text, open_files_ = fit_files(prod_config(files, port, data), devices)
+    conf.write_text(text + stay_user())
+    argv = [find_binary("mosquitto"), "-c", str(conf)]
+    return Server("mosquitto", port, workdir, argv, open_files=open_files_)
 
 
 def stay_user() -> str:
@@ -312,14 +341,16 @@ class PrivateServers:
         *,
         prod: ProdBroker | None = None,
         redis_masters: int = 0,
+        devices: int = 0,
     ) -> None:
+        """`devices`: how many devices the broker must hold (deploy/limits.py)."""
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="fedsaga-")
         self.workdir = workdir or Path(self._tmp.name)  # type: ignore[union-attr]
         self.prod = prod
         if prod is None:
-            self.broker = mosquitto(self.workdir)
+            self.broker = mosquitto(self.workdir, devices=devices)
         else:
-            self.broker = prod_mosquitto(self.workdir, prod)
+            self.broker = prod_mosquitto(self.workdir, prod, devices=devices)
         self.redis: Server | PrivateCluster = (
             PrivateCluster(self.workdir, redis_masters) if redis_masters else redis(self.workdir)
         )

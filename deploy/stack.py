@@ -91,11 +91,16 @@ class LocalStack:
         broker: ProdBroker | None = None,
         shared: Mapping[str, int] | None = None,
         redis_masters: int = 0,
+        devices: int = 0,
         **settings: object,
     ) -> None:
         """`shared`: services to run as several instances sharing their subscriptions
-        (`{"aggregator": 2}` runs aggregator-a and aggregator-b with FEDSAGA_SHARED)."""
-        self.servers = PrivateServers(workdir, prod=broker, redis_masters=redis_masters)
+        (`{"aggregator": 2}` runs aggregator-a and aggregator-b with FEDSAGA_SHARED).
+        `devices`: how many devices the broker must hold at once; the stack refuses to
+        start, saying how to raise the open-file limit, when this machine cannot."""
+        self.servers = PrivateServers(
+            workdir, prod=broker, redis_masters=redis_masters, devices=devices
+        )
         self.workdir = self.servers.workdir
         # The private servers; nothing else from the environment or a profile either (an
         # operator's FEDSAGA_LOG_FORMAT or FEDSAGA_CANARY_STAGES must not change the stack).

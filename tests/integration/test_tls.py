@@ -20,6 +20,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from deploy.limits import BROKER_FILES_RESERVE
 from deploy.servers import ACL_FILE, PROD_CONF, ProdBroker, free_port, listener_block
 from deploy.stack import LocalStack
 from edge_client.fleet import Fleet, FleetSpec
@@ -45,6 +46,9 @@ LOCAL_OPTIONS = {
     "cafile",
     "persistence_location",
 }
+# Lowered to what this machine's open-file limit holds, where that is below the deployment's
+# (deploy/limits.py): unchanged on a machine with a high limit.
+FITTED_OPTIONS = {"max_connections"}
 
 
 @dataclass(frozen=True)
@@ -146,15 +150,20 @@ def test_the_broker_runs_prod_conf_with_only_port_and_paths_changed(secured: Sec
     second, tail = second[: len(listener)], [line for line in second[len(listener) :] if line]
 
     # Assert: every option as deployed but this machine's port and files
-    assert changed(prod, main) == LOCAL_OPTIONS
+    assert changed(prod, main) - FITTED_OPTIONS == LOCAL_OPTIONS
     assert f"acl_file {ACL_FILE}" in main  # the project's ACL itself
     assert f"listener {secured.port} 127.0.0.1" in main
     assert "require_certificate false" in main  # client certificates stay optional
     # the copy of the listener differs in its port and in requiring a client certificate
     assert blank == ""
-    assert changed(listener, second) == LOCAL_OPTIONS & set(option_names(listener)) | {
-        "require_certificate"
-    }
+    assert changed(listener, second) - FITTED_OPTIONS == LOCAL_OPTIONS & set(
+        option_names(listener)
+    ) | {"require_certificate"}
+    # both listeners hold no more clients than the broker has files for
+    limit = int(secured.stack.servers.broker.open_files or 0)
+    for line in (*main, *second):
+        if line.startswith("max_connections "):
+            assert 10_000 <= int(line.split()[1]) <= limit - BROKER_FILES_RESERVE
     assert f"listener {secured.client_cert_port} 127.0.0.1" in second
     assert "require_certificate true" in second
     # and nothing else but stay_user() (a root test run keeps the broker root)

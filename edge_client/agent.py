@@ -1,8 +1,9 @@
 """The device agent: its own MQTT connection (client id = device id), its data, its model.
 
 The agent never publishes its data in any form: only weight deltas, example counts, training
-loss/accuracy and health metrics leave it. Training runs in a worker thread so the agent keeps
-answering stop/revoke commands while it trains.
+loss/accuracy and health metrics leave it. Training (and evaluating, for a canary) runs in a
+worker thread, on the `executor` the fleet gives (a small pool per process), so the agent
+keeps answering stop/revoke commands while it trains.
 
 What the device decides (train, pause or fail) is in `decisions.py`.
 """
@@ -11,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import Coroutine
-from typing import Any
+import zlib
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor
+from typing import Any, TypeVar
 
 import aiomqtt
 import numpy as np
@@ -55,6 +59,8 @@ from schemas.mqtt import MqttEndpoint, connect
 
 log = structlog.get_logger()
 
+T = TypeVar("T")
+
 # How often an idle device re-announces its status (retained) to the registry.
 STATUS_INTERVAL_S = 60.0
 # The broker keeps a device's session (and queued commands) this long after it disconnects.
@@ -74,7 +80,11 @@ class DeviceAgent:
         profile: DeviceProfile | None = None,
         password: str | None = None,
         seed: int = 0,
+        executor: Executor | None = None,
+        connect_gate: asyncio.Semaphore | None = None,
     ) -> None:
+        """`executor` runs training and evaluation (the loop's default one when None);
+        `connect_gate` bounds how many agents of a process connect at once."""
         self.device_id = device_id
         self._x, self._y = x, y  # local data: stays in this process
         # With a password the device authenticates as its own id: the broker's ACL confines
@@ -84,6 +94,8 @@ class DeviceAgent:
         self.battery = self.profile.battery
         self.models = LocalModelStore()
         self.rng = np.random.default_rng(seed)
+        self._executor = executor
+        self._connect_gate = connect_gate or asyncio.Semaphore(1)
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self._arrived = asyncio.Condition()
@@ -186,25 +198,30 @@ class DeviceAgent:
                     retain=True,
                 )
                 try:
-                    async with connect(
-                        self.endpoint,
-                        self.device_id,
-                        clean_start=False,
-                        session_expiry_s=SESSION_EXPIRY_S,
-                        keepalive=10,
-                        will=will,
-                    ) as client:
-                        self.client = client
-                        await client.subscribe(
-                            topics.device(topics.DEVICE_CMD, self.device_id), qos=1
-                        )
-                        await client.subscribe(
-                            topics.device(topics.DEVICE_MODEL, self.device_id), qos=1
-                        )
-                        await client.subscribe(
-                            topics.device(topics.DEVICE_REJECTED, self.device_id), qos=1
-                        )
-                        await self.publish_status()
+                    async with contextlib.AsyncExitStack() as session:
+                        async with self._connect_gate:  # connect, subscribe, announce
+                            client = await session.enter_async_context(
+                                connect(
+                                    self.endpoint,
+                                    self.device_id,
+                                    clean_start=False,
+                                    session_expiry_s=SESSION_EXPIRY_S,
+                                    keepalive=10,
+                                    will=will,
+                                )
+                            )
+                            self.client = client
+                            await client.subscribe(
+                                [
+                                    (topics.device(template, self.device_id), 1)
+                                    for template in (
+                                        topics.DEVICE_CMD,
+                                        topics.DEVICE_MODEL,
+                                        topics.DEVICE_REJECTED,
+                                    )
+                                ]
+                            )
+                            await self.publish_status()
                         self.connected.set()
                         heartbeat = self._spawn(self._heartbeat())
                         try:
@@ -222,11 +239,15 @@ class DeviceAgent:
 
     async def _heartbeat(self) -> None:
         # The registry forgets devices it has not heard from (services' device_fresh_ms), so
-        # an idle device says it is still there.
+        # an idle device says it is still there. A fleet connects at once: the first wait,
+        # between half and all of the interval by device id, keeps thousands of devices from
+        # re-announcing in the same second every minute.
+        spread = zlib.crc32(self.device_id.encode()) % 500 / 1000  # 0 to 0.5, by device id
+        await asyncio.sleep(STATUS_INTERVAL_S * (0.5 + spread))
         while True:
-            await asyncio.sleep(STATUS_INTERVAL_S)
             with contextlib.suppress(aiomqtt.MqttError):
                 await self.publish_status()
+            await asyncio.sleep(STATUS_INTERVAL_S)
 
     async def go_offline(self) -> None:
         """Leave cleanly, saying so (a crash would leave it to the last will)."""
@@ -349,6 +370,11 @@ class DeviceAgent:
 
     # -- work ---------------------------------------------------------------------------------
 
+    async def _compute(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run numerics on the agent's executor, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
     async def train(self, cmd: TrainCommand) -> None:
         """One local training iteration from the round's weights; publish the update."""
         rid, it = cmd.round_id, cmd.iteration
@@ -372,7 +398,7 @@ class DeviceAgent:
         await self.report(rid, "training", iteration=it, wait_s=left())
         seed = int(self.rng.integers(2**31))
         corrupt = corrupts_update(self.profile, cmd.chaos)
-        blob, stats = await asyncio.to_thread(
+        blob, stats = await self._compute(
             train_update,
             held.params,
             self._x,
@@ -415,13 +441,14 @@ class DeviceAgent:
                 reason=FailureReason.MODEL_UNAVAILABLE,
             )
             return
-        before = (
-            evaluate(self.models.current.params, self._x, self._y) if self.models.current else 0.0
-        )
+        current = self.models.current
+        before = await self._compute(evaluate, current.params, self._x, self._y) if current else 0.0
         if held is not None:
             self.models.deploy(Held(held.digest, held.params, cmd.version))
             self.models.pending_deploy.pop(cmd.digest, None)
-        measured = evaluate(self.models.current.params, self._x, self._y)  # type: ignore[union-attr]
+        serving = self.models.current
+        assert serving is not None  # deployed above, or was serving already
+        measured = await self._compute(evaluate, serving.params, self._x, self._y)
         after = reported_accuracy(self.profile, cmd.chaos, measured)
         await self.publish_status()
         await self.report(

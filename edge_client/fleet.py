@@ -1,4 +1,8 @@
-"""The fleet simulator: N device agents in one process, each with its own connection and data.
+"""The fleet simulator: device agents in one process, each with its own connection and data.
+
+A large fleet runs in several such processes (`python -m edge_client --processes N`), each
+with a `shard` of the device ids (`plan.py`); a device's data, profile and seeds depend only
+on the spec and its index, so the fleet is the same however it is split.
 
 Data is sklearn's bundled digits set: the validator's holdout is split off first (same seed as
 the validator's settings), the rest is split across devices non-IID (Dirichlet over labels).
@@ -8,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from edge_client.agent import DeviceAgent
 from edge_client.config import DeviceProfile, FailureRates
+from edge_client.plan import device_id
 from federated.data import fleet_partition, load_digits, train_holdout_split
 from schemas.mqtt import MqttEndpoint
 
@@ -30,16 +37,17 @@ class FleetSpec:
     holdout_fraction: float = 0.2
     failures: FailureRates = field(default_factory=FailureRates)
     low_battery_share: float = 0.1
-    prefix: str = "dev"  # device ids are f"{prefix}-{i:04d}"
+    prefix: str = "dev"  # device ids are f"{prefix}-{i:04d}" (plan.device_id)
     slowdown_s: float = 0.0  # extra seconds each device takes per training
 
     def device_ids(self) -> list[str]:
         """The fleet's device ids, in order."""
-        return [f"{self.prefix}-{i:04d}" for i in range(self.devices)]
+        return [device_id(self.prefix, i) for i in range(self.devices)]
 
 
-def device_data(spec: FleetSpec) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each device's local (x, y): the non-holdout digits split non-IID (any fleet size)."""
+def device_data(spec: FleetSpec, shard: range | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each device's local (x, y): the non-holdout digits split non-IID (any fleet size); only
+    the devices of `shard` when given (the split is the whole fleet's either way)."""
     x, y = load_digits()
     x_tr, y_tr, _, _ = train_holdout_split(
         x, y, holdout_fraction=spec.holdout_fraction, rng=np.random.default_rng(spec.data_seed)
@@ -47,7 +55,7 @@ def device_data(spec: FleetSpec) -> list[tuple[np.ndarray, np.ndarray]]:
     parts = fleet_partition(
         y_tr, devices=spec.devices, alpha=spec.alpha, rng=np.random.default_rng(spec.seed)
     )
-    return [(x_tr[idx], y_tr[idx]) for idx in parts]
+    return [(x_tr[parts[i]], y_tr[parts[i]]) for i in shard or range(spec.devices)]
 
 
 def profiles(spec: FleetSpec) -> list[DeviceProfile]:
@@ -69,6 +77,15 @@ def profiles(spec: FleetSpec) -> list[DeviceProfile]:
     return out
 
 
+# Devices of one process that may be connecting at once: a thousand simultaneous CONNECTs
+# (each blocking an executor thread in aiomqtt) only queue up and time out; a reconnect after
+# a broker restart goes through the same gate.
+CONNECTING_AT_ONCE = 64
+# Seconds to wait for a process's devices to connect: a base and a share per device.
+CONNECT_TIMEOUT_S = 30.0
+CONNECT_S_PER_DEVICE = 0.02
+
+
 class Fleet:
     """Run the agents as tasks; `async with Fleet(...)` waits until all are connected."""
 
@@ -78,39 +95,58 @@ class Fleet:
         endpoint: MqttEndpoint,
         *,
         passwords: Mapping[str, str] | None = None,
+        shard: range | None = None,
+        training_threads: int | None = None,
     ) -> None:
         """Agents of `endpoint`; with `passwords` (device id -> password) each logs in as its
-        own id, as on a broker with mosquitto/prod.conf."""
+        own id, as on a broker with mosquitto/prod.conf. `shard`: the indices of the spec's
+        devices this process runs (all of them by default). The agents train on a pool of
+        `training_threads` (default: the cores), not on the event loop's default executor,
+        which aiomqtt's connects use."""
         self.spec = spec
-        ids = spec.device_ids()
+        indices = shard or range(spec.devices)
+        every = profiles(spec)
+        self._pool = ThreadPoolExecutor(
+            max_workers=training_threads or os.cpu_count() or 1, thread_name_prefix="train"
+        )
+        gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
         self.agents = [
             DeviceAgent(
-                device_id,
+                device_id(spec.prefix, i),
                 x,
                 y,
                 endpoint=endpoint,
-                password=(passwords or {}).get(device_id),
-                profile=profile,
+                password=(passwords or {}).get(device_id(spec.prefix, i)),
+                profile=every[i],
                 seed=spec.seed * 100_003 + i,
+                executor=self._pool,
+                connect_gate=gate,
             )
-            for i, (device_id, (x, y), profile) in enumerate(
-                zip(ids, device_data(spec), profiles(spec), strict=True)
-            )
+            for i, (x, y) in zip(indices, device_data(spec, indices), strict=True)
         ]
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Fleet:
         self._tasks = [asyncio.create_task(a.run()) for a in self.agents]
-        await asyncio.wait_for(asyncio.gather(*(a.connected.wait() for a in self.agents)), 30)
+        timeout = CONNECT_TIMEOUT_S + CONNECT_S_PER_DEVICE * len(self.agents)
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(a.connected.wait() for a in self.agents)), timeout
+            )
+        except BaseException:
+            await self.__aexit__()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for agent in self.agents:
-            with contextlib.suppress(Exception):
-                await agent.go_offline()
+        # Each says it goes offline (at once: a process holds thousands), then disconnects.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(10):
+                await asyncio.gather(*(a.go_offline() for a in self.agents), return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def agent(self, device_id: str) -> DeviceAgent:
         """One agent by id."""

@@ -4,7 +4,7 @@
     .venv/bin/python bench/stack.py --cohorts 10 --model wide --iterations 3
 
 One private stack (mosquitto, Redis, the six services as processes); per configuration a
-simulated fleet in its own process (`python -m edge_client`), one round of `--iterations`
+simulated fleet in its own processes (`python -m edge_client`), one round of `--iterations`
 iterations with every device in the cohort and a target any model reaches, then per
 iteration: the split of its time (distribute: the iteration opens until the weights are out;
 train: until the last update arrives; close: until the next iteration opens or the candidate
@@ -37,6 +37,7 @@ from deploy.stack import LocalStack
 from fedsaga.client import FedSaga
 from schemas.mqtt import connect
 from schemas.ops import RoundRequested
+from services.runtime import keys
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"small": (64, 128, 10), "wide": (64, 1024, 1024, 10)}
@@ -133,8 +134,16 @@ async def broker_bytes(stack: LocalStack) -> tuple[int, int]:
 
 
 async def registered(saga: FedSaga, prefix: str) -> int:
-    """How many of this configuration's devices the registry holds."""
-    return sum(d.device_id.startswith(prefix) for d in await saga.store.devices())
+    """How many of this configuration's devices the registry holds (their ids only: the
+    statuses of 10,000 devices are not read and parsed on every poll)."""
+    ids = await saga.store.redis.hkeys(keys.devices())
+    return sum(os.fsdecode(i).startswith(prefix) for i in ids)  # bytes from this client
+
+
+def fleet_pids(pid: int) -> list[int]:
+    """The fleet's processes: `python -m edge_client` and the workers it started."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [pid, *map(int, children.read_text().split())] if children.exists() else [pid]
 
 
 @dataclass
@@ -222,9 +231,12 @@ async def run_config(
     row = Row(cohort, model)
     try:
         async with FedSaga(stack.settings) as saga:
-            async with asyncio.timeout(120):
+            # 10,000 devices connect in about 20 s (several processes: edge_client/plan.py)
+            async with asyncio.timeout(120 + cohort / 50):
                 while await registered(saga, prefix) < cohort:
-                    await asyncio.sleep(0.2)
+                    if fleet.returncode is not None:
+                        raise RuntimeError(f"the fleet exited with {fleet.returncode}")
+                    await asyncio.sleep(0.5)
             request = RoundRequested(
                 round_id=f"bench-{prefix}",
                 create_model=True,
@@ -239,14 +251,17 @@ async def run_config(
                 layer_sizes=MODELS[model],
             )
             pids = {name: p.process.pid for name, p in stack.services.items() if p.process}
-            pids |= {"fleet": fleet.pid, "redis": stack.servers.redis.process.pid}  # type: ignore[union-attr]
+            pids |= {"redis": stack.servers.redis.process.pid}  # type: ignore[union-attr]
             pids["mosquitto"] = stack.servers.broker.process.pid  # type: ignore[union-attr]
+            fleet_ = fleet_pids(fleet.pid)  # its workers' figures are summed as "fleet"
             r.config_resetstat()
             cpu0 = {n: cpu_s(p) for n, p in pids.items()}
+            fleet_cpu0 = sum(map(cpu_s, fleet_))
             calls0, rin0, rout0 = redis_counters(r)
             bin0, bout0 = await broker_bytes(stack)
             watch = Attribution(stack.settings.redis_url) if by_service else None
-            result = await saga.run(request, timeout=60 + iterations * 120)
+            # the canary's stages wait 20 ms per device they deploy to (the selector's budget)
+            result = await saga.run(request, timeout=60 + iterations * 120 + cohort * 0.05)
             attributed = watch.stop() if watch else {}
             calls1, rin1, rout1 = redis_counters(r)
             by_command = redis_commands(r)
@@ -254,6 +269,8 @@ async def run_config(
             bin1, bout1 = await broker_bytes(stack)
             row.cpu_s = {n: round(cpu_s(p) - cpu0[n], 2) for n, p in pids.items()}
             row.rss_mb = {n: round(rss_mb(p), 1) for n, p in pids.items()}
+            row.cpu_s["fleet"] = round(sum(map(cpu_s, fleet_)) - fleet_cpu0, 2)
+            row.rss_mb["fleet"] = round(sum(map(rss_mb, fleet_)), 1)
             if result.status != "succeeded":
                 raise RuntimeError(f"round {request.round_id}: {result.failure_reason}")
             events = await saga.store.events(request.round_id)
@@ -321,7 +338,7 @@ async def main() -> None:
     )
     args = parser.parse_args()
     rows = []
-    with LocalStack() as stack:
+    with LocalStack(devices=max(args.cohorts)) as stack:  # the broker holds them all
         for cohort in args.cohorts:
             rows.append(
                 await run_config(

@@ -7,15 +7,21 @@
   fleet has at least one device, so a tiny fleet may give a stage nothing new to add.
 - A device's **canary verdict** comes from its report: `failed` when it could not deploy, `bad`
   when its accuracy on its own data fell more than the tolerance below its previous version's,
-  `ok` otherwise. Until it reports, it is `pending`.
+  `ok` otherwise. Until it reports, it is `pending`; its first verdict stands (a repeated or
+  late report changes nothing).
 - A **stage's verdict** waits while a device is pending, unless the stage timed out (then the
   pending ones count as unhealthy). It fails when more than `MAX_UNHEALTHY` of its devices are
-  not `ok`; otherwise it passes, and a stage that added no device passes.
+  not `ok`; otherwise it passes, and a stage that added no device passes. It is judged on a
+  `StageTally`, the stage's devices counted by standing.
+- Counters of each stage's devices by standing are kept with every report, so a report costs
+  O(1): the stage is judged on them, and read in full only when they say it **is worth it**
+  (it could be decided now), not once per report.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -27,6 +33,8 @@ from schemas.device import DeviceStatus
 MAX_UNHEALTHY = 0.2
 PENDING = "pending"
 OK = "ok"
+BAD = "bad"
+FAILED = "failed"
 
 DeviceVerdict = Literal["ok", "bad", "failed"]
 
@@ -67,26 +75,44 @@ def device_verdict(
     return "ok" if acc >= prev - tolerance else "bad"
 
 
-def deployment_state(verdict: str, stage: int) -> str:
-    """How a device's standing in a rollout is recorded: its verdict (or pending) and stage."""
-    return f"{verdict}:{stage}"
-
-
-def pending_stage(state: str) -> int | None:
-    """The stage a device awaits a verdict in, or None once it has one (or was never sent)."""
-    verdict, _, stage = state.partition(":")
-    return int(stage) if verdict == PENDING else None
-
-
-def judged_stage(state: str) -> int | None:
-    """The stage a device was judged in, or None while pending (or never sent)."""
-    verdict, _, stage = state.partition(":")
-    return int(stage) if stage and verdict != PENDING else None
-
-
 def stage_outcomes(deployment: Mapping[str, str], stage: int) -> list[str]:
-    """The verdicts (or pending) of the devices a stage added."""
+    """The verdicts (or pending) of the devices a stage added, from the rollout's standings
+    (device -> `{standing}:{stage}`, as the store records them)."""
     return [s.split(":")[0] for s in deployment.values() if s.endswith(f":{stage}")]
+
+
+@dataclass(frozen=True)
+class StageTally:
+    """A stage's devices counted by standing: awaiting a verdict, or judged."""
+
+    pending: int = 0
+    ok: int = 0
+    bad: int = 0
+    failed: int = 0
+
+    @property
+    def devices(self) -> int:
+        """How many devices the stage added."""
+        return self.pending + self.ok + self.bad + self.failed
+
+    @property
+    def kept(self) -> bool:
+        """Could these be real counts? A stage armed before its counters were kept counts
+        its reports down from nothing, below zero."""
+        return min(self.pending, self.ok, self.bad, self.failed) >= 0
+
+
+def tally(outcomes: Iterable[str]) -> StageTally:
+    """Count a stage's outcomes (verdicts or pending) by standing."""
+    counts = Counter(outcomes)
+    return StageTally(
+        pending=counts[PENDING], ok=counts[OK], bad=counts[BAD], failed=counts[FAILED]
+    )
+
+
+def decidable(counts: StageTally, *, timed_out: bool) -> bool:
+    """Can a stage be judged: no device of it is pending, or it timed out?"""
+    return timed_out or counts.pending == 0
 
 
 @dataclass(frozen=True)
@@ -104,19 +130,30 @@ class StageVerdict:
         return self.decided and self.reason is None
 
 
-def stage_verdict(
-    outcomes: Sequence[str], *, stage: int, percent: int, timed_out: bool
-) -> StageVerdict:
-    """Judge a stage from its devices' verdicts."""
-    unhealthy = sum(s != OK for s in outcomes)
-    healthy = len(outcomes) - unhealthy
-    if PENDING in outcomes and not timed_out:
-        return StageVerdict(decided=False, devices=len(outcomes), healthy=healthy)
+def stage_verdict(counts: StageTally, *, stage: int, percent: int, timed_out: bool) -> StageVerdict:
+    """Judge a stage from its devices counted by standing."""
+    devices, healthy = counts.devices, counts.ok
+    unhealthy = devices - healthy
+    if not decidable(counts, timed_out=timed_out):
+        return StageVerdict(decided=False, devices=devices, healthy=healthy)
     # A stage may add no device on a tiny fleet (10% and 50% of 1); it passes.
-    if outcomes and unhealthy / len(outcomes) > MAX_UNHEALTHY:
+    if devices and unhealthy / devices > MAX_UNHEALTHY:
+        causes = [
+            name
+            for name, n in ((BAD, counts.bad), (FAILED, counts.failed), (PENDING, counts.pending))
+            if n
+        ]
         reason = (
-            f"canary stage {stage} ({percent}%): {unhealthy}/{len(outcomes)} devices "
-            f"unhealthy ({', '.join(sorted(set(outcomes) - {OK}))})"
+            f"canary stage {stage} ({percent}%): {unhealthy}/{devices} devices "
+            f"unhealthy ({', '.join(causes)})"
         )
-        return StageVerdict(decided=True, devices=len(outcomes), healthy=healthy, reason=reason)
-    return StageVerdict(decided=True, devices=len(outcomes), healthy=healthy)
+        return StageVerdict(decided=True, devices=devices, healthy=healthy, reason=reason)
+    return StageVerdict(decided=True, devices=devices, healthy=healthy)
+
+
+def worth_judging(counters: StageTally) -> bool:
+    """After a report: could its stage be decided now, by the counters kept with each report?
+    Then the stage is read in full and judged (what the full read finds stands); otherwise it
+    waits for more reports or its timeout, without a read. Counters that cannot be real (a
+    stage armed before they were kept) always say yes: the full read is then the judge."""
+    return not counters.kept or decidable(counters, timed_out=False)

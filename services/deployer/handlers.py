@@ -6,6 +6,12 @@ data. A stage passes when at most `MAX_UNHEALTHY` of its devices report a regres
 the tolerance, failed, or stayed silent past the stage timeout; the last stage makes the version
 active. A redelivered event starts no stage twice. Compensation rolls the devices back.
 
+A report costs one script in Redis: it records the device's verdict and counts it in its
+stage's counters, and the stage is read in full and judged only once the counters say it could
+be decided (its last pending device reported), or at its timeout. Other reports (training
+progress, on the same topic) cost no Redis call at all: the route is idempotent, so the
+runtime does not dedupe them either.
+
 What it decides is in `decisions.py`, free of I/O; these handlers read, call it and write.
 """
 
@@ -19,18 +25,17 @@ from schemas.device import DeployCommand, DeviceReport, RollbackCommand
 from schemas.events import CanaryStagePassed, ModelDeployed, ModelValidated, RoundCompleted
 from schemas.steps import Step
 from services.deployer.decisions import (
-    PENDING,
-    deployment_state,
+    StageTally,
     device_verdict,
-    judged_stage,
-    pending_stage,
     rollout_order,
     stage_devices,
     stage_outcomes,
     stage_timeout_ms,
     stage_verdict,
+    tally,
+    worth_judging,
 )
-from services.runtime import Context, Service, compensation, keys, metrics, on
+from services.runtime import Context, Service, compensation, metrics, on
 from services.runtime.state import Field, stage_deadline_field, stage_started_field
 from services.runtime.weights import device_bases, send_weights
 
@@ -82,10 +87,7 @@ async def start_stage(round_id: str, stage: int, ctx: Context) -> None:
     if target is None:
         await ctx.fail(round_id, Step.DEPLOY, f"candidate {digest} is missing")
         return
-    for device_id in new:  # never overwrite a health report a device already sent
-        await ctx.store.hsetnx(
-            keys.deployment(round_id), device_id, deployment_state(PENDING, stage)
-        )
+    await ctx.store.arm_stage(round_id, stage, new)  # a replay overwrites no verdict
     await ctx.store.set_fields(round_id, {Field.DEPLOY_STAGE: stage})
     s = ctx.settings
     timeout = stage_timeout_ms(s.canary_timeout_ms, s.canary_ms_per_device, len(new))
@@ -125,17 +127,18 @@ async def on_report(report: DeviceReport, ctx: Context) -> None:
     ctx.check_device(report.device_id)
     verdict = device_verdict(report.status, report.metrics, ctx.settings.canary_tolerance)
     if verdict is None:
-        return
-    key = keys.deployment(report.round_id)
-    current = (await ctx.store.hgetall(key)).get(report.device_id, "")
-    stage = pending_stage(current)
-    if stage is not None:
-        await ctx.store.hcas(key, report.device_id, current, deployment_state(verdict, stage))
-    elif (stage := judged_stage(current)) is None:
+        return  # training progress or the like: no Redis call at all
+    counted = await ctx.store.judge_device(report.round_id, report.device_id, verdict)
+    if counted is None:
         return  # not a device of this rollout
-    # Judged before (this may be a replay after a crash): judging the stage again is
-    # idempotent, and skipping it could leave the stage undecided for good.
-    await check_stage(report.round_id, stage, ctx)
+    # Judged before or not (this may be a replay after a crash), the counters say whether
+    # the stage could be decided now; judging it is idempotent, and a stage they leave
+    # undecided is judged at its timeout.
+    counters = StageTally(
+        pending=counted.pending, ok=counted.ok, bad=counted.bad, failed=counted.failed
+    )
+    if worth_judging(counters):
+        await check_stage(report.round_id, counted.stage, ctx)
 
 
 async def on_timer(round_id: str, tag: str, ctx: Context) -> None:
@@ -159,7 +162,7 @@ async def check_stage(round_id: str, stage: int, ctx: Context, *, timed_out: boo
             return
         pct = ctx.settings.canary_stages[stage - 1]
         verdict = stage_verdict(
-            stage_outcomes(await ctx.store.hgetall(keys.deployment(round_id)), stage),
+            tally(stage_outcomes(await ctx.store.deployment(round_id), stage)),
             stage=stage,
             percent=pct,
             timed_out=timed_out,
@@ -210,7 +213,7 @@ async def finish(round_id: str, ctx: Context) -> None:
     # Each write below is idempotent, so a replay after a crash finishes the job.
     await ctx.store.set_active_version(model, version)
     await ctx.store.update_version(model, version, status="deployed")
-    devices = len(await ctx.store.hgetall(keys.deployment(round_id)))
+    devices = await ctx.store.deployed_count(round_id)
     await ctx.emit_once(
         "deployed",
         ModelDeployed(
@@ -232,7 +235,7 @@ async def rollback(round_id: str, ctx: Context) -> str:
     metrics.compensated(Step.DEPLOY)
     state = await ctx.store.get_round(round_id)
     version = state.candidate_version or ""
-    deployed = await ctx.store.hgetall(keys.deployment(round_id))
+    deployed = await ctx.store.deployment(round_id)
     for device_id in deployed:
         await ctx.publish(
             topics.device(topics.DEVICE_CMD, device_id),
@@ -249,7 +252,9 @@ service = Service(
     timers=on_timer,
     routes=[
         on(on_model_validated),
-        on(on_report),
+        # A repeated report changes nothing by itself (`judge_device` keeps the first verdict,
+        # and judging a stage is idempotent), so the runtime's dedupe is not needed for it.
+        on(on_report, idempotent=True),
         *compensation(Step.DEPLOY, rollback),
     ],
 )

@@ -14,7 +14,9 @@ Who writes what:
   the aggregator); deadline_{i}, training_{i}, closing_{i}: the trainer coordinator.
 - candidate_digest: the aggregator; metrics, candidate_version, validation_failure: the
   validator.
-- deploy_fleet, deploy_stage, stage_deadline_{s}, started_{s}, deployed_version: the deployer.
+- deploy_fleet, deploy_stage, stage_deadline_{s}, started_{s}, deployed_version: the deployer;
+  stage_{standing}_{s}: its counters of stage s's devices by standing (pending, ok, bad,
+  failed), kept by the deployment store's scripts with each device's standing.
 - bytes_*, payloads_*: traffic counters; out:{key}: recorded outcomes (`Context.emit_once`).
 """
 
@@ -79,6 +81,20 @@ class PerStage(StrEnum):
 
     DEADLINE = "stage_deadline"  # when the stage is judged on what was reported (ms)
     STARTED = "started"  # set once its deploy commands are out
+    # How many of the stage's devices stand so (kept with each standing, `deployments.py`)
+    PENDING = "stage_pending"
+    OK = "stage_ok"
+    BAD = "stage_bad"
+    FAILED = "stage_failed"
+
+
+# A canary device's standing -> the per-stage field that counts devices standing so.
+STAGE_COUNTERS = {
+    "pending": PerStage.PENDING,
+    "ok": PerStage.OK,
+    "bad": PerStage.BAD,
+    "failed": PerStage.FAILED,
+}
 
 
 def base_field(it: int) -> str:
@@ -109,6 +125,11 @@ def stage_deadline_field(stage: int) -> str:
 def stage_started_field(stage: int) -> str:
     """Set once canary stage `stage`'s deploy commands are out."""
     return f"{PerStage.STARTED}_{stage}"
+
+
+def stage_counter_field(standing: str, stage: int) -> str:
+    """How many of canary stage `stage`'s devices stand `standing` (pending, ok, bad, failed)."""
+    return f"{STAGE_COUNTERS[standing]}_{stage}"
 
 
 _OUT = "out:"

@@ -70,10 +70,14 @@ async def send_weights(
 
 
 async def device_bases(ctx: Context, device_ids: list[str]) -> dict[str, str | None]:
-    """What each device holds per its last status (None when unknown or not stored here)."""
-    out: dict[str, str | None] = {}
-    for device_id in device_ids:
-        status = await ctx.store.device(device_id)
-        d = status.model_digest if status else None
-        out[device_id] = d if d and await ctx.store.has_params(d) else None
-    return out
+    """What each device holds per its last status (None when unknown or not stored here).
+
+    One read of the statuses, and one check per distinct model held: a handful of round
+    trips however many devices.
+    """
+    held = {
+        d: status.model_digest if status else None
+        for d, status in (await ctx.store.statuses(device_ids)).items()
+    }
+    stored = {dg: await ctx.store.has_params(dg) for dg in set(held.values()) if dg}
+    return {d: dg if dg and stored[dg] else None for d, dg in held.items()}

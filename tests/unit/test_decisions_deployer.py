@@ -12,16 +12,17 @@ from schemas.device import DeviceStatus
 from services.deployer.decisions import (
     MAX_UNHEALTHY,
     PENDING,
-    deployment_state,
+    StageTally,
+    decidable,
     device_verdict,
-    judged_stage,
-    pending_stage,
     rollout_order,
     stage_devices,
     stage_outcomes,
     stage_sizes,
     stage_timeout_ms,
     stage_verdict,
+    tally,
+    worth_judging,
 )
 
 PROPERTY = settings(database=None, deadline=None)
@@ -233,18 +234,6 @@ def test_device_verdict_is_monotone_in_accuracy(
 # --- deployment states ---------------------------------------------------------------------------
 
 
-@PROPERTY
-@given(stage=st.integers(1, 99), verdict=st.sampled_from(["ok", "bad", "failed"]))
-def test_only_a_pending_state_names_a_stage_to_judge(stage: int, verdict: str) -> None:
-    # Prepare
-    pending, judged = deployment_state("pending", stage), deployment_state(verdict, stage)
-
-    # Execute / Assert
-    assert pending_stage(pending) == stage
-    assert pending_stage(judged) is None
-    assert pending_stage("") is None
-
-
 def test_stage_outcomes_are_those_of_the_stage_asked_for() -> None:
     # Prepare
     deployment = {"a": "ok:1", "b": "pending:2", "c": "bad:2", "d": "ok:12", "e": "failed:2"}
@@ -256,6 +245,19 @@ def test_stage_outcomes_are_those_of_the_stage_asked_for() -> None:
     assert sorted(outcomes) == ["bad", "failed", "pending"]
 
 
+def test_a_tally_counts_a_stage_by_standing() -> None:
+    # Prepare
+    outcomes = ["ok", "pending", "bad", "ok", "failed", "ok"]
+
+    # Execute
+    counts = tally(outcomes)
+
+    # Assert
+    assert counts == StageTally(pending=1, ok=3, bad=1, failed=1)
+    assert counts.devices == 6
+    assert counts.kept
+
+
 # --- stage_verdict -------------------------------------------------------------------------------
 
 
@@ -264,8 +266,8 @@ def test_a_stage_with_a_pending_device_waits_until_it_times_out() -> None:
     outcomes = ["ok", "ok", "pending"]
 
     # Execute
-    waiting = stage_verdict(outcomes, stage=1, percent=10, timed_out=False)
-    timed_out = stage_verdict(outcomes, stage=1, percent=10, timed_out=True)
+    waiting = stage_verdict(tally(outcomes), stage=1, percent=10, timed_out=False)
+    timed_out = stage_verdict(tally(outcomes), stage=1, percent=10, timed_out=True)
 
     # Assert: at the timeout a silent device counts as unhealthy (1/3 > 20%)
     assert not waiting.decided
@@ -278,7 +280,7 @@ def test_a_stage_fails_above_the_unhealthy_share_and_names_the_causes() -> None:
     outcomes = ["ok", "bad", "failed", "ok", "bad"]
 
     # Execute
-    verdict = stage_verdict(outcomes, stage=2, percent=50, timed_out=False)
+    verdict = stage_verdict(tally(outcomes), stage=2, percent=50, timed_out=False)
 
     # Assert
     assert not verdict.passed
@@ -291,7 +293,7 @@ def test_a_stage_passes_at_exactly_the_unhealthy_share() -> None:
     outcomes = ["ok", "ok", "ok", "ok", "bad"]
 
     # Execute
-    verdict = stage_verdict(outcomes, stage=3, percent=100, timed_out=False)
+    verdict = stage_verdict(tally(outcomes), stage=3, percent=100, timed_out=False)
 
     # Assert
     assert verdict.passed
@@ -303,7 +305,7 @@ def test_an_empty_stage_passes(timed_out: bool) -> None:
     # Prepare: a stage that added no device (10% and 50% of a fleet of one)
 
     # Execute
-    verdict = stage_verdict([], stage=2, percent=50, timed_out=timed_out)
+    verdict = stage_verdict(tally([]), stage=2, percent=50, timed_out=timed_out)
 
     # Assert
     assert verdict.passed
@@ -320,7 +322,7 @@ def test_a_stage_with_every_device_ok_always_passes(size: int, timed_out: bool) 
     outcomes = ["ok"] * size
 
     # Execute
-    verdict = stage_verdict(outcomes, stage=1, percent=10, timed_out=timed_out)
+    verdict = stage_verdict(tally(outcomes), stage=1, percent=10, timed_out=timed_out)
 
     # Assert
     assert verdict.passed
@@ -334,7 +336,7 @@ def test_a_stage_verdict_follows_the_unhealthy_share(outcomes: list[str], timed_
     unhealthy = sum(o != "ok" for o in outcomes)
 
     # Execute
-    verdict = stage_verdict(outcomes, stage=1, percent=10, timed_out=timed_out)
+    verdict = stage_verdict(tally(outcomes), stage=1, percent=10, timed_out=timed_out)
 
     # Assert
     assert verdict.decided == (timed_out or "pending" not in outcomes)
@@ -347,10 +349,10 @@ def test_a_stage_verdict_follows_the_unhealthy_share(outcomes: list[str], timed_
 @given(outcomes=outcome_lists)
 def test_one_more_healthy_device_never_fails_a_passing_stage(outcomes: list[str]) -> None:
     # Prepare
-    before = stage_verdict(outcomes, stage=1, percent=10, timed_out=True)
+    before = stage_verdict(tally(outcomes), stage=1, percent=10, timed_out=True)
 
     # Execute
-    after = stage_verdict([*outcomes, "ok"], stage=1, percent=10, timed_out=True)
+    after = stage_verdict(tally([*outcomes, "ok"]), stage=1, percent=10, timed_out=True)
 
     # Assert
     if before.passed:
@@ -359,12 +361,107 @@ def test_one_more_healthy_device_never_fails_a_passing_stage(outcomes: list[str]
     assert after.devices == before.devices + 1
 
 
-def test_a_devices_judged_stage_is_known_once_it_has_a_verdict() -> None:
-    assert judged_stage(deployment_state("ok", 2)) == 2
-    assert judged_stage(deployment_state("failed", 3)) == 3
-    assert judged_stage(deployment_state(PENDING, 1)) is None
-    assert judged_stage("") is None
+# --- worth_judging: counters kept with each report ------------------------------------------
 
+
+def test_a_stage_is_worth_judging_once_its_last_pending_device_reported() -> None:
+    # Prepare: three devices, reports arriving one by one
+    reported = [
+        StageTally(pending=3),
+        StageTally(pending=2, ok=1),
+        StageTally(pending=1, ok=1, bad=1),
+        StageTally(pending=0, ok=2, bad=1),
+    ]
+
+    # Execute
+    worth = [worth_judging(c) for c in reported]
+
+    # Assert: no full read until nothing is pending
+    assert worth == [False, False, False, True]
+
+
+def test_counters_that_cannot_be_real_always_send_for_a_full_read() -> None:
+    # Prepare: a stage armed before counters were kept counts its reports down from nothing
+    legacy = StageTally(pending=-2, ok=2)
+
+    # Execute / Assert
+    assert not legacy.kept
+    assert worth_judging(legacy)
+
+
+tallies = st.builds(
+    StageTally,
+    pending=st.integers(0, 40),
+    ok=st.integers(0, 40),
+    bad=st.integers(0, 40),
+    failed=st.integers(0, 40),
+)
+
+
+@PROPERTY
+@given(counts=tallies)
+def test_worth_judging_is_exactly_when_a_stage_could_be_decided(counts: StageTally) -> None:
+    # Prepare: counters that are real counts
+
+    # Execute
+    worth = worth_judging(counts)
+    verdict = stage_verdict(counts, stage=1, percent=10, timed_out=False)
+
+    # Assert: never misses a stage it could decide, never reads one it could not
+    assert worth == verdict.decided == decidable(counts, timed_out=False)
+
+
+@PROPERTY
+@given(
+    counts=tallies,
+    minus=st.integers(1, 40),
+    which=st.sampled_from(["pending", "ok", "bad", "failed"]),
+)
+def test_any_negative_counter_sends_for_a_full_read(
+    counts: StageTally, minus: int, which: str
+) -> None:
+    # Prepare
+    broken = StageTally(**{**counts.__dict__, which: -minus})
+
+    # Execute / Assert
+    assert not broken.kept
+    assert worth_judging(broken)
+
+
+def _report(standing: dict[str, str], counters: dict[str, int], device: str, verdict: str) -> None:
+    """The rule the deployment store's judge script follows, written out in Python: a pending
+    device takes its verdict once and moves between its stage's counters; nothing else moves."""
+    if standing.get(device) == PENDING:
+        standing[device] = verdict
+        counters[PENDING] -= 1
+        counters[verdict] += 1
+
+
+@PROPERTY
+@given(
+    size=st.integers(0, 30),
+    reports=st.lists(
+        st.tuples(st.integers(0, 40), st.sampled_from(["ok", "bad", "failed"])), max_size=80
+    ),
+)
+def test_counters_kept_report_by_report_equal_a_full_tally(
+    size: int, reports: list[tuple[int, str]]
+) -> None:
+    # Prepare: a stage of `size` devices; reports in any order, repeated, and from strangers
+    standing = {f"d{i}": PENDING for i in range(size)}
+    counters = {PENDING: size, "ok": 0, "bad": 0, "failed": 0}
+
+    for n, verdict in reports:
+        # Execute
+        _report(standing, counters, f"d{n}", verdict)
+        kept = StageTally(**counters)
+
+        # Assert: the counters are the full read's tally, so they judge as it would
+        full = tally(standing.values())
+        assert kept == full
+        assert (
+            worth_judging(kept) == stage_verdict(full, stage=1, percent=10, timed_out=False).decided
+        )
 
 
 # --- stage_timeout_ms ---------------------------------------------------------------------------

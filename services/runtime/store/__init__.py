@@ -6,6 +6,7 @@
 | `devices.py` | the device registry and the leases that keep a device in one round |
 | `models.py` | weights by content digest, the version registry, the active version |
 | `aggregates.py` | each iteration's running FedAvg sum and who is in it |
+| `deployments.py` | each canary device's standing in a rollout, counted per stage |
 | `journal.py` | each instance's in-flight messages, dead letters, handled-message marks |
 | `timers.py` | round deadlines per service, claimed by one instance when due |
 | `progress.py` | per iteration: the validator's holdout metrics, each payload's size |
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from services.runtime.store._base import DEFAULT_TTL_S, connect
 from services.runtime.store.aggregates import AggregateStore
+from services.runtime.store.deployments import DeploymentStore, StageCounters
 from services.runtime.store.devices import DeviceStore
 from services.runtime.store.journal import InFlight, JournalStore
 from services.runtime.store.models import ModelStore, decode_params, encode_params
@@ -26,7 +28,14 @@ from services.runtime.store.timers import TimerStore
 
 
 class SagaStore(
-    RoundStore, AggregateStore, DeviceStore, ModelStore, JournalStore, TimerStore, ProgressStore
+    RoundStore,
+    AggregateStore,
+    DeploymentStore,
+    DeviceStore,
+    ModelStore,
+    JournalStore,
+    TimerStore,
+    ProgressStore,
 ):
     """All Redis access of the services goes through here."""
 
@@ -38,4 +47,11 @@ class SagaStore(
         return cls(connect(url, name=name), ttl_s=ttl_s)
 
 
-__all__ = ["InFlight", "Payload", "SagaStore", "decode_params", "encode_params"]
+__all__ = [
+    "InFlight",
+    "Payload",
+    "SagaStore",
+    "StageCounters",
+    "decode_params",
+    "encode_params",
+]

@@ -59,6 +59,14 @@ class DeviceStore(StoreBase):
         reply = raw_opt(await self.redis.hget(keys.devices(), device_id))
         return DeviceStatus.model_validate(unpack(reply)) if reply else None
 
+    async def statuses(self, device_ids: list[str]) -> dict[str, DeviceStatus | None]:
+        """Several devices' latest statuses (None when unknown), in one round trip."""
+        replies = raws_opt(await self.redis.hmget(keys.devices(), device_ids)) if device_ids else []
+        return {
+            d: DeviceStatus.model_validate(unpack(r)) if r else None
+            for d, r in zip(device_ids, replies, strict=True)
+        }
+
     async def forget_devices(self, seen_before_ms: int) -> list[str]:
         """Drop the registry entries of devices not heard from since; returns their ids."""
         stale = texts(await self.redis.zrangebyscore(keys.devices_seen(), "-inf", seen_before_ms))

@@ -10,6 +10,7 @@ once the iteration's model is recorded.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from dataclasses import dataclass
 
@@ -68,6 +69,17 @@ redis.call('HINCRBY', KEYS[3], ARGV[6], ARGV[5])
 redis.call('HINCRBY', KEYS[3], ARGV[7], 1)
 redis.call('HSET', KEYS[5], ARGV[8], ARGV[5])
 return 1
+"""
+# What an update's checks read of its round. KEYS: round hash, cohort, held, contributors.
+# ARGV: device, round fields... -> {the fields' values, in the cohort (0/1), digest held,
+# msg_id taken} (a missing value is false).
+_VIEW = """
+return {
+  redis.call('HMGET', KEYS[1], unpack(ARGV, 2)),
+  redis.call('SISMEMBER', KEYS[2], ARGV[1]),
+  redis.call('HGET', KEYS[3], ARGV[1]),
+  redis.call('HGET', KEYS[4], ARGV[1]),
+}
 """
 _RECORD = struct.Struct("<Q")  # a buffered update: its FedAvg weight, then its payload
 
@@ -169,7 +181,9 @@ class AggregateStore(StoreBase):
         await self.redis.delete(keys.accumulator(round_id, it))
 
     async def sender_view(self, round_id: str, it: int, device_id: str) -> SenderView:
-        """What the checks of a device's update for iteration `it` need, in one round trip."""
+        """What the checks of a device's update for iteration `it` need, in one round trip:
+        a script over the round's keys and, at the same time, the sender's registry entry
+        (another hash slot on a cluster, so not in the script)."""
         fields = [
             Field.STATUS,
             Field.ITERATION,
@@ -177,21 +191,24 @@ class AggregateStore(StoreBase):
             base_field(it),
             closing_field(it),
         ]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.round_hash(round_id), fields)
-            pipe.hget(keys.devices(), device_id)
-            pipe.sismember(keys.cohort(round_id), device_id)
-            pipe.hget(keys.held(round_id), device_id)
-            pipe.hget(keys.contributors(round_id, it), device_id)
-            values, registered, selected, held, taken = await pipe.execute()
+        names = [
+            keys.round_hash(round_id),
+            keys.cohort(round_id),
+            keys.held(round_id),
+            keys.contributors(round_id, it),
+        ]
+        (values, selected, held, taken), registered = await asyncio.gather(
+            self.script(_VIEW)(keys=names, args=[device_id, *fields]),
+            self.redis.hget(keys.devices(), device_id),
+        )
         round_hash = {f: text(v) for f, v in zip(fields, values, strict=True) if v is not None}
         status = raw_opt(registered)
         return SenderView(
             round=RoundState.from_hash(round_id, round_hash),
             registered=DeviceStatus.model_validate(unpack(status)) if status else None,
             selected=bool(selected),
-            held=text_opt(held),
-            taken=text_opt(taken),
+            held=text_opt(held or None),
+            taken=text_opt(taken or None),
         )
 
     async def arm_iteration(self, round_id: str, it: int, devices: list[str]) -> int:

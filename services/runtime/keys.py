@@ -64,12 +64,12 @@ def iteration_counts(round_id: str, it: int) -> str:
 
 
 def accumulator(round_id: str, it: int) -> str:
-    """String: the running FedAvg sum for one iteration."""
+    """Hash: device -> its buffered update (weight, then payload) until the iteration closes."""
     return f"{PREFIX}:round:{{{round_id}}}:it:{it}:acc"
 
 
 def contributors(round_id: str, it: int) -> str:
-    """Set: devices whose update is in the iteration's accumulator."""
+    """Hash: device -> msg_id of its update taken into the iteration's sum (and buffer)."""
     return f"{PREFIX}:round:{{{round_id}}}:it:{it}:contrib"
 
 

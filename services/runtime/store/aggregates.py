@@ -84,14 +84,6 @@ return {
 _RECORD = struct.Struct("<Q")  # a buffered update: its FedAvg weight, then its payload
 
 
-def _check_foldable(it: int, device_id: str, *, closing: bool, state: bytes | None) -> None:
-    """StaleRound when the iteration is closing or the device is not training in it."""
-    if closing:
-        raise StaleRound(f"iteration {it} closed while the update was checked")
-    if state != b"training":
-        raise StaleRound(f"device {device_id} is not training in iteration {it}")
-
-
 def buffer_record(weight: int, blob: bytes) -> bytes:
     """How an update is buffered: its weight (8 bytes, little-endian), then its payload."""
     return _RECORD.pack(weight) + blob
@@ -159,9 +151,9 @@ class AggregateStore(StoreBase):
             ],
         )
         if written == _CLOSING:
-            _check_foldable(it, device_id, closing=True, state=b"training")
+            raise StaleRound(f"iteration {it} closed while the update was checked")
         if written == _NOT_TRAINING:
-            _check_foldable(it, device_id, closing=False, state=None)
+            raise StaleRound(f"device {device_id} is not training in iteration {it}")
         return bool(written)
 
     async def buffered(
